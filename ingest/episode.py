@@ -1,0 +1,41 @@
+"""What a source (simulator or log reader) hands to the pipeline: one rendered episode."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Episode:
+    """One episode of T frames with aligned ground truth.
+
+    frames:    [T, H, W, 3] uint8 RGB.
+    actions:   [T] (one actor, e.g. the Procgen player) or [T, A] (every MultiGrid agent) int64, or None.
+               ``actions[t]`` is the action taken at frame t (it moves frame t to frame t+1).
+    positions: [T, A, 2] int64 (x, y) grid cells at frame t, or None.
+    fps:       playback rate recorded in the clip meta.
+    info:      JSON-serialisable facts that identify the episode (env id, seeds, variant...); copied into
+               every clip's meta. Per-frame arrays do not belong here.
+    """
+
+    frames: np.ndarray
+    actions: np.ndarray | None = None
+    positions: np.ndarray | None = None
+    fps: float = 15.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.frames.ndim != 4 or self.frames.shape[-1] != 3 or self.frames.dtype != np.uint8:
+            raise ValueError(f"episode frames must be uint8 [T, H, W, 3], got {self.frames.dtype} "
+                             f"{self.frames.shape}")
+        t = len(self.frames)
+        for name, arr in (("actions", self.actions), ("positions", self.positions)):
+            if arr is not None and len(arr) != t:
+                raise ValueError(f"episode {name} has {len(arr)} steps but there are {t} frames")
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frames.shape[0])

@@ -1,0 +1,134 @@
+"""The clip-shard sample format: the one place that defines keys, extensions, meta schema and version.
+
+One WebDataset sample is one clip of T consecutive frames. Members of sample ``<key>``:
+
+    <key>.mp4 | <key>.mkv   the encoded frames (see ``shards.video``; codec named in the meta)
+    <key>.actions.npy       ground-truth actions aligned with frames, when the source has them:
+                            Procgen [T] int64 (player action); MultiGrid [T, A] int64 (every agent).
+                            ``actions[t]`` is the action taken at frame t, i.e. it moves frame t to t+1
+                            (the last one leads out of the clip).
+    <key>.positions.npy     MultiGrid agent grid positions [T, A, 2] int64 as (x, y) cells, at frame t.
+    <key>.json              ClipMeta as JSON (utf-8, sorted keys).
+
+Keys are ``<dataset>-<episode:08d>-<clip:04d>`` (no dots: WebDataset splits key and extension at the
+first dot). Shards are ``<out>/<dataset>/<split>/<dataset>-<split>-NNNNNN.tar`` where NNNNNN is the index
+of the work block that wrote it; the manifest (``shards.manifest``) lists every shard, so read the list
+from there rather than assuming contiguous numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+
+VIDEO_EXTS = ("mp4", "mkv")
+ACTIONS_KEY = "actions.npy"
+POSITIONS_KEY = "positions.npy"
+META_KEY = "json"
+MEMBER_ORDER = (*VIDEO_EXTS, ACTIONS_KEY, POSITIONS_KEY, META_KEY)
+
+_KEY_RE = re.compile(r"^[a-z0-9_]+-\d{8}-\d{4}$")
+
+
+def sample_key(dataset: str, episode: int, clip: int) -> str:
+    """Key of clip ``clip`` of episode ``episode``: ``<dataset>-<episode:08d>-<clip:04d>``."""
+    key = f"{dataset}-{episode:08d}-{clip:04d}"
+    if not _KEY_RE.match(key):
+        raise ValueError(f"invalid sample key {key!r}: dataset names are [a-z0-9_]+, indices are non-negative")
+    return key
+
+
+def shard_name(dataset: str, split: str, index: int) -> str:
+    """File name of shard ``index`` of ``split``: ``<dataset>-<split>-NNNNNN.tar``."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    return f"{dataset}-{split}-{index:06d}.tar"
+
+
+@dataclass(frozen=True)
+class ClipMeta:
+    """Per-clip metadata stored as ``<key>.json``.
+
+    ``source`` holds what identifies the clip's origin and is source specific: env id, seeds, variant
+    and agent count for simulators; log name, scene tokens, timestamps, ego speed for nuPlan.
+    """
+
+    dataset: str
+    source: str  # "multigrid" | "procgen" | "nuplan"
+    split: str
+    episode: int  # episode (or log) index within the dataset
+    clip: int  # clip index within the episode
+    start_frame: int  # index of the clip's first frame within the episode
+    num_frames: int
+    height: int
+    width: int
+    fps: float
+    codec: str
+    lossless: bool
+    video_ext: str
+    has_actions: bool
+    has_positions: bool
+    info: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> ClipMeta:
+        raw = json.loads(data)
+        version = raw.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"clip meta has format_version {version}, this code reads {FORMAT_VERSION}: "
+                "re-ingest the shards or use a matching version of this package"
+            )
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(raw) - names
+        if unknown:
+            raise ValueError(f"clip meta has unknown fields {sorted(unknown)}")
+        return cls(**raw)
+
+
+@dataclass
+class Clip:
+    """One decoded clip: frames [T, H, W, 3] uint8 plus aligned arrays and meta."""
+
+    key: str
+    frames: np.ndarray
+    meta: ClipMeta
+    actions: np.ndarray | None = None
+    positions: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        t = self.frames.shape[0]
+        if self.frames.ndim != 4 or self.frames.shape[-1] != 3 or self.frames.dtype != np.uint8:
+            raise ValueError(f"clip {self.key}: frames must be uint8 [T, H, W, 3], got {self.frames.dtype} "
+                             f"{self.frames.shape}")
+        for name, arr in (("actions", self.actions), ("positions", self.positions)):
+            if arr is not None and arr.shape[0] != t:
+                raise ValueError(f"clip {self.key}: {name} has {arr.shape[0]} steps but frames have {t}")
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """Serialise ``array`` as a .npy file (no pickle), deterministically."""
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def npy_load(data: bytes) -> np.ndarray:
+    import io
+
+    return np.load(io.BytesIO(data), allow_pickle=False)
