@@ -18,7 +18,9 @@ class Episode:
     positions: [T, A, 2] int64 (x, y) grid cells at frame t, or None.
     fps:       playback rate recorded in the clip meta.
     info:      JSON-serialisable facts that identify the episode (env id, seeds, variant...); copied into
-               every clip's meta. Per-frame arrays do not belong here.
+               every clip's meta.
+    frame_info: per-frame facts, each a list of T JSON-serialisable values (timestamps, scene tokens, ego
+               speed...); every clip's meta gets the slice of its own frames.
     """
 
     frames: np.ndarray
@@ -26,15 +28,18 @@ class Episode:
     positions: np.ndarray | None = None
     fps: float = 15.0
     info: dict[str, Any] = field(default_factory=dict)
+    frame_info: dict[str, list[Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.frames.ndim != 4 or self.frames.shape[-1] != 3 or self.frames.dtype != np.uint8:
-            raise ValueError(f"episode frames must be uint8 [T, H, W, 3], got {self.frames.dtype} "
-                             f"{self.frames.shape}")
+            raise ValueError(
+                f"episode frames must be uint8 [T, H, W, 3], got {self.frames.dtype} {self.frames.shape}"
+            )
         t = len(self.frames)
-        for name, arr in (("actions", self.actions), ("positions", self.positions)):
+        arrays = {"actions": self.actions, "positions": self.positions, **self.frame_info}
+        for name, arr in arrays.items():
             if arr is not None and len(arr) != t:
-                raise ValueError(f"episode {name} has {len(arr)} steps but there are {t} frames")
+                raise ValueError(f"episode {name!r} has {len(arr)} steps but there are {t} frames")
 
     @property
     def num_frames(self) -> int:

@@ -43,7 +43,9 @@ def sample_key(dataset: str, episode: int, clip: int) -> str:
     """Key of clip ``clip`` of episode ``episode``: ``<dataset>-<episode:08d>-<clip:04d>``."""
     key = f"{dataset}-{episode:08d}-{clip:04d}"
     if not _KEY_RE.match(key):
-        raise ValueError(f"invalid sample key {key!r}: dataset names are [a-z0-9_]+, indices are non-negative")
+        raise ValueError(
+            f"invalid sample key {key!r}: dataset names are [a-z0-9_]+, indices are non-negative"
+        )
     return key
 
 
@@ -112,8 +114,10 @@ class Clip:
     def __post_init__(self) -> None:
         t = self.frames.shape[0]
         if self.frames.ndim != 4 or self.frames.shape[-1] != 3 or self.frames.dtype != np.uint8:
-            raise ValueError(f"clip {self.key}: frames must be uint8 [T, H, W, 3], got {self.frames.dtype} "
-                             f"{self.frames.shape}")
+            raise ValueError(
+                f"clip {self.key}: frames must be uint8 [T, H, W, 3], got {self.frames.dtype} "
+                f"{self.frames.shape}"
+            )
         for name, arr in (("actions", self.actions), ("positions", self.positions)):
             if arr is not None and arr.shape[0] != t:
                 raise ValueError(f"clip {self.key}: {name} has {arr.shape[0]} steps but frames have {t}")

@@ -46,7 +46,7 @@ def encode_frames(frames: np.ndarray, codec: str = "libx264rgb", fps: float = 15
     spec = get_codec(codec)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
-    t, h, w, _ = frames.shape
+    _, h, w, _ = frames.shape
     if spec.pix_fmt == "yuv420p" and (h % 2 or w % 2):
         raise ValueError(f"{codec} needs even frame sizes, got {h}x{w}")
     buf = io.BytesIO()
@@ -58,8 +58,9 @@ def encode_frames(frames: np.ndarray, codec: str = "libx264rgb", fps: float = 15
     elif spec.name == "ffv1":
         options.update({"level": "3", "slices": "4", "slicecrc": "1"})
     # fflags=bitexact drops the muxer's version string and creation times: byte-identical reruns.
-    with av.open(buf, mode="w", format="matroska" if spec.ext == "mkv" else "mp4",
-                 options={"fflags": "+bitexact"}) as container:
+    with av.open(
+        buf, mode="w", format="matroska" if spec.ext == "mkv" else "mp4", options={"fflags": "+bitexact"}
+    ) as container:
         stream = container.add_stream(spec.name, rate=_fps_fraction(fps), options=options)
         stream.width, stream.height, stream.pix_fmt = w, h, spec.pix_fmt
         stream.codec_context.flags |= av.codec.context.Flags.bitexact
@@ -81,17 +82,27 @@ def _fps_fraction(fps: float):
 def decode_video(data: bytes, backend: str = "auto") -> np.ndarray:
     """Decode a video file held in memory into uint8 frames [T, H, W, 3] (RGB).
 
-    ``backend``: "decord", "pyav" or "auto" (decord when importable, else PyAV).
+    ``backend``: "decord", "pyav" or "auto" (decord when importable, else PyAV; PyAV also takes over
+    the few frame sizes decord 0.6 cannot copy out, e.g. 16 or 48 pixels wide).
     """
     if backend not in ("auto", "decord", "pyav"):
         raise ValueError(f"unknown decode backend {backend!r}; expected auto, decord or pyav")
-    if backend in ("auto", "decord"):
+    if backend == "decord":
+        return _decode_decord(data)
+    if backend == "auto" and _have_decord():
+        from decord._ffi.base import DECORDError
+
         try:
             return _decode_decord(data)
-        except ImportError:
-            if backend == "decord":
-                raise
+        except DECORDError:
+            pass
     return _decode_pyav(data)
+
+
+def _have_decord() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("decord") is not None
 
 
 def _decode_decord(data: bytes) -> np.ndarray:

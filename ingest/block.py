@@ -1,0 +1,221 @@
+"""The work block: render a block of episodes, cut clips, assign splits, write shards atomically.
+
+This is the unit the Ray pipeline schedules (one task per block) and the unit of resume: a block is
+done when its record exists under ``.progress/``. Everything here is plain Python, tested without Ray.
+
+Determinism: episode seeds, split assignment and clip order derive from (config, block index) only,
+and encoders and tar headers are deterministic, so the same config gives byte-identical shards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ingest.config import IngestConfig
+from ingest.episode import Episode
+from shards.format import (
+    ACTIONS_KEY,
+    META_KEY,
+    POSITIONS_KEY,
+    SPLIT_FRACTIONS,
+    SPLITS,
+    ClipMeta,
+    npy_bytes,
+    sample_key,
+    shard_name,
+)
+from shards.manifest import BlockRecord, EpisodeRecord, ShardRecord, SkipRecord, write_block_record
+from shards.video import encode_frames, get_codec
+from shards.writer import ShardWriter
+
+
+@dataclass
+class Unit:
+    """What one unit index (an episode; a log for nuPlan) produced: segments to cut clips from, and
+    whatever was skipped on the way. A unit's segments all go to one split."""
+
+    segments: list[Episode] = field(default_factory=list)
+    skips: list[SkipRecord] = field(default_factory=list)
+    name: str = ""  # how skips and meta refer to the unit
+
+
+def episode_seed(seed: int, index: int) -> int:
+    """Seed of episode ``index``: independent streams per episode, stable across runs and machines."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def _load_multigrid(cfg: IngestConfig, index: int) -> Unit:
+    from ingest.multigrid import render_episode
+
+    return Unit([render_episode(cfg.source, episode_seed(cfg.seed, index))], name=f"episode {index}")
+
+
+def _load_procgen(cfg: IngestConfig, index: int) -> Unit:
+    from ingest.procgen import render_episode
+
+    return Unit([render_episode(cfg.source, episode_seed(cfg.seed, index))], name=f"episode {index}")
+
+
+UNIT_LOADERS: dict[str, Callable[[IngestConfig, int], Unit]] = {
+    "multigrid": _load_multigrid,
+    "procgen": _load_procgen,
+}
+
+
+def block_units(cfg: IngestConfig, block: int) -> range:
+    """Unit indices of ``block``."""
+    start = block * cfg.episodes_per_shard
+    return range(start, min(start + cfg.episodes_per_shard, cfg.episodes))
+
+
+def assign_splits(frames: list[int], seed: int, block: int) -> list[str]:
+    """Assign each unit of a block (or of a whole dataset, for sources that know every unit's size up
+    front: pass block=-1) to a split so that frames come out 80/10/10.
+
+    Systematic sampling: units are laid end to end in a seeded random order on a circle of
+    circumference sum(frames), the split regions (80%, 10%, 10% of it) are rotated by a seeded random
+    offset, and each unit goes to the region holding its midpoint. The expected frame share of every
+    split is exactly its target (no length bias), and ten equal-length units always give 8/1/1; with
+    unequal lengths a small block can leave a split empty (its shard is then simply not written).
+    """
+    total = sum(frames)
+    rng = np.random.default_rng([seed, block + 1, 0x5B117])
+    order = rng.permutation(len(frames))
+    offset = rng.random() * total
+    bounds = np.cumsum(SPLIT_FRACTIONS) * total
+    out = [""] * len(frames)
+    start = 0.0
+    for i in order:
+        mid = (start + frames[i] / 2 - offset) % total if total else 0.0
+        out[i] = SPLITS[min(int(np.searchsorted(bounds, mid, side="right")), len(SPLITS) - 1)]
+        start += frames[i]
+    return out
+
+
+@dataclass
+class EncodedClip:
+    key: str
+    members: dict[str, bytes]  # everything but the meta, which waits for the split
+    meta: ClipMeta
+    num_frames: int
+
+    def sample(self, split: str) -> dict[str, bytes]:
+        return {**self.members, META_KEY: replace(self.meta, split=split).to_json()}
+
+
+def encode_unit(cfg: IngestConfig, index: int, unit: Unit) -> tuple[list[EncodedClip], int]:
+    """Cut every segment into non-overlapping clips of ``clip_len`` and encode them.
+
+    Returns the clips (meta split left as "" until assignment) and the count of tail frames dropped.
+    """
+    codec = get_codec(cfg.codec)
+    clips, dropped, clip_no = [], 0, 0
+    for seg_no, seg in enumerate(unit.segments):
+        n = seg.num_frames // cfg.clip_len
+        dropped += seg.num_frames - n * cfg.clip_len
+        for c in range(n):
+            lo, hi = c * cfg.clip_len, (c + 1) * cfg.clip_len
+            frames = seg.frames[lo:hi]
+            members = {codec.ext: encode_frames(frames, cfg.codec, fps=seg.fps, crf=cfg.crf)}
+            if seg.actions is not None:
+                members[ACTIONS_KEY] = npy_bytes(seg.actions[lo:hi].astype(np.int64))
+            if seg.positions is not None:
+                members[POSITIONS_KEY] = npy_bytes(seg.positions[lo:hi].astype(np.int64))
+            info = dict(seg.info)
+            info.update({k: list(v[lo:hi]) for k, v in seg.frame_info.items()})
+            if len(unit.segments) > 1:
+                info["segment"] = seg_no
+            meta = ClipMeta(
+                dataset=cfg.dataset,
+                source=cfg.source_kind,
+                split="",
+                episode=index,
+                clip=clip_no,
+                start_frame=lo,
+                num_frames=cfg.clip_len,
+                height=int(frames.shape[1]),
+                width=int(frames.shape[2]),
+                fps=float(seg.fps),
+                codec=cfg.codec,
+                lossless=codec.lossless,
+                video_ext=codec.ext,
+                has_actions=seg.actions is not None,
+                has_positions=seg.positions is not None,
+                info=info,
+            )
+            clips.append(EncodedClip(sample_key(cfg.dataset, index, clip_no), members, meta, cfg.clip_len))
+            clip_no += 1
+    return clips, dropped
+
+
+def run_block(
+    cfg: IngestConfig, block: int, dataset_dir: str | Path, on_unit: Callable[[int, int], Any] | None = None
+) -> BlockRecord:
+    """Render, encode and write block ``block``; record it as done. Returns the block record.
+
+    ``on_unit(episodes, frames)`` is called after each unit (for progress reporting in-process).
+    """
+    dataset_dir = Path(dataset_dir)
+    load = UNIT_LOADERS[cfg.source_kind]
+    record = BlockRecord(block=block)
+    encoded: list[tuple[int, list[EncodedClip]]] = []
+    for index in block_units(cfg, block):
+        unit = load(cfg, index)
+        record.skips.extend(unit.skips)
+        clips, dropped = encode_unit(cfg, index, unit)
+        record.dropped_tail_frames += dropped
+        frames = sum(s.num_frames for s in unit.segments)
+        if not clips:
+            record.skips.append(
+                SkipRecord(
+                    unit.name or f"episode {index}",
+                    f"shorter than one clip: {frames} frames < clip_len {cfg.clip_len}",
+                    frames,
+                )
+            )
+            record.episodes.append(EpisodeRecord(index, None, 0, 0))
+        else:
+            encoded.append((index, clips))
+        if on_unit is not None:
+            on_unit(1, frames)
+
+    if cfg.unit_splits:
+        splits = [cfg.unit_splits[index] for index, _ in encoded]
+    else:
+        splits = assign_splits([sum(c.num_frames for c in clips) for _, clips in encoded], cfg.seed, block)
+    for (index, clips), split in zip(encoded, splits, strict=True):
+        record.episodes.append(EpisodeRecord(index, split, sum(c.num_frames for c in clips), len(clips)))
+    record.episodes.sort(key=lambda e: e.episode)
+
+    for split in SPLITS:
+        members = [
+            (clip, split)
+            for (_, clips), s in zip(encoded, splits, strict=True)
+            if s == split
+            for clip in clips
+        ]
+        if not members:
+            continue
+        rel = f"{split}/{shard_name(cfg.dataset, split, block)}"
+        with ShardWriter(dataset_dir / rel) as writer:
+            for clip, s in members:
+                writer.write(clip.key, clip.sample(s))
+        written = writer.result
+        record.shards.append(
+            ShardRecord(
+                split,
+                rel,
+                written.num_samples,
+                sum(c.num_frames for c, _ in members),
+                written.sha256,
+                written.size_bytes,
+                block,
+            )
+        )
+    write_block_record(dataset_dir, record)
+    return record
