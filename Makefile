@@ -36,9 +36,10 @@ test: $(STAMP)  ## run the default test suite (fast; no GPU, no network)
 test-all: $(STAMP)  ## run every test including the slow ones
 	$(PY) -m pytest -q -m "slow or not slow"
 
-lint: $(STAMP)  ## ruff check + format check
+lint: $(STAMP)  ## ruff check + format check + Dockerfile lint (hadolint)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/hadolint docker/*.Dockerfile
 
 format: $(STAMP)  ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
 import sys
@@ -193,8 +194,14 @@ def _run_ray(
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # our own bar counts episodes and frames
     ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled": on purpose
     ds = ray.data.from_items([{"block": b} for b in todo], override_num_blocks=len(todo))
-    ds = ds.map(_BlockTask(cfg, str(dataset_dir.resolve())), num_cpus=1, concurrency=concurrency)
+    ds = ds.map(
+        _BlockTask(cfg, str(dataset_dir.resolve())),
+        num_cpus=1,
+        compute=ray.data.TaskPoolStrategy(size=concurrency),
+    )
     for row in ds.iter_rows():
         yield BlockRecord.from_json(row["record"])
 

@@ -37,8 +37,22 @@ from ingest.episode import Episode
 # procgen-mirror 0.10.7 ``procgen.env.ENV_NAMES``; only used when procgen is not installed (e.g. the GPU
 # image), so that configs naming a game still import there.
 _FALLBACK_GAMES = (
-    "bigfish", "bossfight", "caveflyer", "chaser", "climber", "coinrun", "dodgeball", "fruitbot",
-    "heist", "jumper", "leaper", "maze", "miner", "ninja", "plunder", "starpilot",
+    "bigfish",
+    "bossfight",
+    "caveflyer",
+    "chaser",
+    "climber",
+    "coinrun",
+    "dodgeball",
+    "fruitbot",
+    "heist",
+    "jumper",
+    "leaper",
+    "maze",
+    "miner",
+    "ninja",
+    "plunder",
+    "starpilot",
 )
 
 
@@ -87,18 +101,25 @@ class ProcgenConfig:
 
     def __post_init__(self) -> None:
         if self.game not in PROCGEN_GAMES:
-            raise ValueError(f"Procgen game not found: {self.game!r}. Valid games: "
-                             f"{', '.join(PROCGEN_GAMES)}")
+            raise ValueError(
+                f"Procgen game not found: {self.game!r}. Valid games: {', '.join(PROCGEN_GAMES)}"
+            )
         if self.distribution_mode not in DISTRIBUTION_MODES:
-            raise ValueError(f"unknown Procgen distribution_mode {self.distribution_mode!r}; choose one of "
-                             f"{', '.join(DISTRIBUTION_MODES)}")
+            raise ValueError(
+                f"unknown Procgen distribution_mode {self.distribution_mode!r}; choose one of "
+                f"{', '.join(DISTRIBUTION_MODES)}"
+            )
         supported = DISTRIBUTION_MODES[self.distribution_mode]
         if self.game not in supported:
-            raise ValueError(f"Procgen game {self.game!r} has no {self.distribution_mode!r} mode; only "
-                             f"{', '.join(supported)} do (every game has 'easy' and 'hard')")
+            raise ValueError(
+                f"Procgen game {self.game!r} has no {self.distribution_mode!r} mode; only "
+                f"{', '.join(supported)} do (every game has 'easy' and 'hard')"
+            )
         if not 16 <= self.resolution <= RENDER_SIZE:
-            raise ValueError(f"resolution must be in [16, {RENDER_SIZE}] (frames are downscaled from the "
-                             f"{RENDER_SIZE}x{RENDER_SIZE} render), got {self.resolution}")
+            raise ValueError(
+                f"resolution must be in [16, {RENDER_SIZE}] (frames are downscaled from the "
+                f"{RENDER_SIZE}x{RENDER_SIZE} render), got {self.resolution}"
+            )
         if self.max_episode_len < 1:
             raise ValueError(f"max_episode_len must be >= 1, got {self.max_episode_len}")
         if self.policy not in POLICIES:

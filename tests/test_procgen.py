@@ -84,7 +84,11 @@ def test_episode_shapes_and_info(episode):
     assert info["level_seed"] == level_seed and 0 <= level_seed < 2**31
     assert info["rand_seed"] == rand_seed and info["seed"] == 3
     assert (info["game"], info["distribution_mode"], info["use_backgrounds"], info["policy"]) == (
-        "bigfish", "easy", False, "random")
+        "bigfish",
+        "easy",
+        False,
+        "random",
+    )
     assert info["truncated"] == (t == CFG.max_episode_len)
     assert info["action_names"][:2] == ["LEFT+DOWN", "LEFT"] and info["action_names"][4] == "NOOP"
     assert len(info["action_names"]) == 15
