@@ -1,0 +1,91 @@
+"""Training configuration: frozen dataclasses (the source of truth), a YAML preset per dataset in
+``configs/``, and dotted command-line overrides (``tokenizer_train.steps=200``).
+
+A preset only overrides defaults; unknown keys and wrong types are refused. The resolved config is
+saved in the run folder and inside every checkpoint, and frozen components are rebuilt from the config
+stored in their own checkpoint, never from flags re-declared here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from model.tokenizer import TokenizerConfig
+from shards.config import from_dict, merge, parse_overrides, to_dict
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "multigrid"
+    root: str = "data"  # the ingest OUT: shards in <root>/<dataset>/, tokens in <root>/<dataset>/tokens/
+    shuffle_buffer: int = 256  # clips held for shuffling by the streaming loader
+    num_workers: int = 2  # DataLoader workers per rank (decode runs there)
+
+
+@dataclass(frozen=True)
+class TokenizerTrainConfig:
+    run_dir: str = ""  # "" -> runs/tok-<dataset>
+    steps: int = 20000
+    batch_size: int = 64  # global, in frames
+    frames_per_clip: int = 4  # frames drawn from each decoded clip: amortises decode over a batch
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, ...] = (0.9, 0.99)
+    warmup_steps: int = 500
+    grad_clip: float = 1.0
+    bf16: bool = True  # autocast on GPU only (FSQ stays fp32); ignored on CPU
+    compile: bool = False
+    seed: int = 0
+    log_every: int = 50
+    image_every: int = 500  # reconstruction image grid to TensorBoard and <run>/images/
+    ckpt_every: int = 1000
+    keep_last: int = 3
+    val_batches: int = 8  # val reconstruction PSNR at every checkpoint
+
+
+@dataclass(frozen=True)
+class PrecomputeConfig:
+    batch_clips: int = 16  # clips encoded per forward pass
+    bf16: bool = True  # encoder under bf16 autocast on GPU; FSQ always fp32
+    splits: tuple[str, ...] = ("train", "val", "test")
+    report_clips: int = 64  # clips per split used for the Recon PSNR/SSIM report (0 = all)
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    tokenizer_train: TokenizerTrainConfig = field(default_factory=TokenizerTrainConfig)
+    precompute: PrecomputeConfig = field(default_factory=PrecomputeConfig)
+
+    @property
+    def dataset_dir(self) -> Path:
+        return Path(self.data.root) / self.data.dataset
+
+    @property
+    def tokenizer_run_dir(self) -> Path:
+        return Path(self.tokenizer_train.run_dir or f"runs/tok-{self.data.dataset}")
+
+
+def load_config(path: str | Path | None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Defaults <- YAML preset at ``path`` <- overrides (``["a.b=1"]`` or a nested dict)."""
+    data: dict[str, Any] = to_dict(Config())
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            presets = sorted(p.name for p in Path("configs").glob("*.yaml"))
+            raise FileNotFoundError(f"config {path} not found; presets in configs/: {presets}")
+        preset = yaml.safe_load(path.read_text()) or {}
+        data = merge(data, preset)
+    if overrides:
+        data = merge(data, parse_overrides(overrides) if isinstance(overrides, list) else overrides)
+    return from_dict(Config, data)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
