@@ -14,9 +14,14 @@ EPISODES    ?=
 WORKERS     ?=
 CLIP_LEN    ?=
 ARGS        ?=
+CONFIG      ?= configs/$(DATASET).yaml
+NPROC       ?= 1
+TOKENIZER   ?= runs/tok-$(DATASET)/ckpt/latest
+# One process: plain python. More: torchrun on this node (multi-node: call torchrun yourself, see README).
+LAUNCH       = $(if $(filter 1,$(NPROC)),$(PY),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-all lint format ingest bench-ingest clean-data
+.PHONY: help setup test test-all lint format ingest tokenizer precompute bench-ingest bench-loader clean-data
 
 help:  ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,7 +33,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	@touch $(STAMP)
 
-setup: $(STAMP)  ## create .venv and install torch ($(TORCH_SPEC)) and this package with [dev] extras
+setup: $(STAMP)  ## create .venv, install torch (TORCH_SPEC, default torch==2.13.0) and this package [dev]
 
 test: $(STAMP)  ## run the default test suite (fast; no GPU, no network)
 	$(PY) -m pytest -q
@@ -49,6 +54,15 @@ ingest: $(STAMP)  ## render/extract DATASET into clip shards under OUT (EPISODES
 	$(PY) -m ingest $(DATASET) --out $(OUT) \
 		$(if $(EPISODES),--episodes $(EPISODES)) $(if $(WORKERS),--workers $(WORKERS)) \
 		$(if $(CLIP_LEN),--clip-len $(CLIP_LEN)) $(ARGS)
+
+tokenizer: $(STAMP)  ## train the FSQ tokenizer of DATASET on its shards in OUT (NPROC= CONFIG= ARGS=)
+	$(LAUNCH) train/tokenizer.py --config $(CONFIG) data.root=$(OUT) $(ARGS)
+
+precompute: $(STAMP)  ## encode DATASET's shards with TOKENIZER into the token cache + Recon report (NPROC=)
+	$(LAUNCH) train/precompute.py --config $(CONFIG) --tokenizer $(TOKENIZER) data.root=$(OUT) $(ARGS)
+
+bench-loader: $(STAMP)  ## loader clips/s vs a bare decord loop over the same shards
+	$(PY) bench/loader.py
 
 bench-ingest: $(STAMP)  ## ingest throughput vs the bare render loop, and 1 -> 2 worker scaling
 	$(PY) bench/ingest.py

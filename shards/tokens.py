@@ -213,6 +213,13 @@ class TokenCache:
         part = bisect.bisect_right(self._offsets, i) - 1
         return part, i - int(self._offsets[part])
 
+    def keys(self) -> list[str]:
+        """Sample keys of every clip, in cache order."""
+        keys: list[str] = []
+        for name in self.parts:
+            keys.extend(json.loads((self.dir / "parts" / name / "keys.json").read_text()))
+        return keys
+
     def clip_lengths(self) -> np.ndarray:
         """Frames of every clip, int64 [num_clips]."""
         if not self.parts:

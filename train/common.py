@@ -176,3 +176,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         fmt = state.get("checkpoint_format")
         raise ValueError(f"{path} is not a checkpoint of this project (format {fmt})")
     return state
+
+
+def load_tokenizer(path: str | Path, device: torch.device):
+    """Rebuild the frozen tokenizer from the config inside its checkpoint -> (Tokenizer, tokenizer id).
+
+    The id is a hash of the checkpoint file: it names the token cache made with these weights.
+    """
+    from model.tokenizer import Tokenizer, TokenizerConfig
+    from shards.config import from_dict
+    from shards.tokens import file_id
+
+    state = load_checkpoint(path, map_location="cpu")
+    if state.get("kind") != "tokenizer":
+        raise ValueError(f"{path} is not a tokenizer checkpoint (kind {state.get('kind')!r})")
+    model = Tokenizer(from_dict(TokenizerConfig, state["tokenizer_config"]))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval().requires_grad_(False), file_id(path)
