@@ -5,6 +5,8 @@ Examples:
     python -m ingest bigfish --out /data/shards --workers 16
     python -m ingest multigrid source.num_agents=8 source.variant=correlated
     RAY_ADDRESS=ray://head:10001 python -m ingest multigrid --episodes 100000
+    NUPLAN_DATA_ROOT=/data/nuplan python -m ingest nuplan          # see docs/nuplan.md
+    NUPLAN_DB=/data/nuplan-v1.1/splits/mini NUPLAN_SENSOR_ROOT=/mnt/cams1,/mnt/cams2 python -m ingest nuplan
 """
 
 from __future__ import annotations
@@ -25,7 +27,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("dataset", help=f"one of {', '.join(dataset_names())}, or any Procgen game name")
     p.add_argument("overrides", nargs="*", help="config overrides such as source.num_agents=8 or seed=3")
     p.add_argument("--out", default="data", help="output root; shards land in OUT/<dataset>/ (default: data)")
-    p.add_argument("--episodes", type=int, help="episodes to render (default: the dataset preset)")
+    p.add_argument(
+        "--episodes",
+        type=int,
+        help="episodes to render, or nuPlan logs to read (default: the preset; nuplan: all)",
+    )
     p.add_argument("--clip-len", type=int, help="frames per clip (default 16)")
     p.add_argument("--workers", type=int, default=0, help="parallel Ray tasks (default: all cores)")
     p.add_argument(

@@ -9,7 +9,7 @@ and encoders and tar headers are deterministic, so the same config gives byte-id
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -37,9 +37,14 @@ from shards.writer import ShardWriter
 @dataclass
 class Unit:
     """What one unit index (an episode; a log for nuPlan) produced: segments to cut clips from, and
-    whatever was skipped on the way. A unit's segments all go to one split."""
+    whatever was skipped on the way. A unit's segments all go to one split.
 
-    segments: list[Episode] = field(default_factory=list)
+    ``segments`` may be a one-shot iterator that decodes lazily (a nuPlan log can hold ~10k frames, more
+    than a worker should hold at once); ``skips`` may then grow while it is consumed, and is read after.
+    A skip whose ``what`` is the unit's ``name`` says why the whole unit gave nothing.
+    """
+
+    segments: Iterable[Episode] = field(default_factory=list)
     skips: list[SkipRecord] = field(default_factory=list)
     name: str = ""  # how skips and meta refer to the unit
 
@@ -61,9 +66,17 @@ def _load_procgen(cfg: IngestConfig, index: int) -> Unit:
     return Unit([render_episode(cfg.source, episode_seed(cfg.seed, index))], name=f"episode {index}")
 
 
+def _load_nuplan(cfg: IngestConfig, index: int) -> Unit:
+    from ingest.nuplan import open_log
+
+    log = open_log(cfg.source, index, cfg.clip_len)  # reads the DB now, the JPEGs segment by segment
+    return Unit(log.segments(), log.skips, name=log.unit_name)
+
+
 UNIT_LOADERS: dict[str, Callable[[IngestConfig, int], Unit]] = {
     "multigrid": _load_multigrid,
     "procgen": _load_procgen,
+    "nuplan": _load_nuplan,
 }
 
 
@@ -115,6 +128,8 @@ def encode_unit(cfg: IngestConfig, index: int, unit: Unit) -> tuple[list[Encoded
     """
     codec = get_codec(cfg.codec)
     clips, dropped, clip_no = [], 0, 0
+    # Number the segments in the meta when there are several; lazy sources (no len) number their own.
+    several = isinstance(unit.segments, Sized) and len(unit.segments) > 1
     for seg_no, seg in enumerate(unit.segments):
         n = seg.num_frames // cfg.clip_len
         dropped += seg.num_frames - n * cfg.clip_len
@@ -128,7 +143,7 @@ def encode_unit(cfg: IngestConfig, index: int, unit: Unit) -> tuple[list[Encoded
                 members[POSITIONS_KEY] = npy_bytes(seg.positions[lo:hi].astype(np.int64))
             info = dict(seg.info)
             info.update({k: list(v[lo:hi]) for k, v in seg.frame_info.items()})
-            if len(unit.segments) > 1:
+            if several:
                 info["segment"] = seg_no
             meta = ClipMeta(
                 dataset=cfg.dataset,
@@ -166,18 +181,16 @@ def run_block(
     encoded: list[tuple[int, list[EncodedClip]]] = []
     for index in block_units(cfg, block):
         unit = load(cfg, index)
-        record.skips.extend(unit.skips)
         clips, dropped = encode_unit(cfg, index, unit)
+        record.skips.extend(unit.skips)  # after encoding: a lazy unit records skips while it decodes
         record.dropped_tail_frames += dropped
-        frames = sum(s.num_frames for s in unit.segments)
-        if not clips:
+        frames = sum(c.num_frames for c in clips) + dropped  # = all segments' frames, without re-reading
+        name = unit.name or f"episode {index}"
+        if not clips and not any(s.what == name for s in unit.skips):  # else the unit said why already
             record.skips.append(
-                SkipRecord(
-                    unit.name or f"episode {index}",
-                    f"shorter than one clip: {frames} frames < clip_len {cfg.clip_len}",
-                    frames,
-                )
+                SkipRecord(name, f"shorter than one clip: {frames} frames < clip_len {cfg.clip_len}", frames)
             )
+        if not clips:
             record.episodes.append(EpisodeRecord(index, None, 0, 0))
         else:
             encoded.append((index, clips))

@@ -6,17 +6,19 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from ingest.multigrid import MultiGridConfig
+from ingest.nuplan import NuplanConfig, count_frames_per_log, resolve_source
 from ingest.procgen import PROCGEN_GAMES, ProcgenConfig
 from shards.config import ConfigError, apply_overrides, from_dict, to_dict
 from shards.video import CODECS
 
-SourceConfig = MultiGridConfig | ProcgenConfig
+SourceConfig = MultiGridConfig | ProcgenConfig | NuplanConfig
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,11 @@ class RunOptions:
     progress: bool = True
 
 
-SOURCE_KINDS: dict[type, str] = {MultiGridConfig: "multigrid", ProcgenConfig: "procgen"}
+SOURCE_KINDS: dict[type, str] = {
+    MultiGridConfig: "multigrid",
+    ProcgenConfig: "procgen",
+    NuplanConfig: "nuplan",
+}
 
 
 def episode_cap(source: Any) -> int | None:
@@ -91,7 +97,7 @@ def episode_cap(source: Any) -> int | None:
         return source.episode_len
     if isinstance(source, ProcgenConfig):
         return source.max_episode_len
-    return None
+    return None  # nuPlan: a log is as long as it is
 
 
 def cap_key(source: Any) -> str:
@@ -106,6 +112,8 @@ DATASETS: dict[str, IngestConfig] = {
     "bigfish": IngestConfig("bigfish", ProcgenConfig(game="bigfish"), **_PROCGEN_PRESET),
     "leaper": IngestConfig("leaper", ProcgenConfig(game="leaper"), **_PROCGEN_PRESET),
     "starpilot": IngestConfig("starpilot", ProcgenConfig(game="starpilot"), **_PROCGEN_PRESET),
+    # One log per work block (= Ray task, shard); episodes 0 = every log found (set by the resolver).
+    "nuplan": IngestConfig("nuplan", NuplanConfig(), episodes=0, codec="libx264", episodes_per_shard=1),
 }
 
 
@@ -149,9 +157,31 @@ def build_config(dataset: str, overrides: dict[str, Any] | None = None) -> Inges
     return cfg
 
 
+def _resolve_nuplan(cfg: IngestConfig, overrides: dict[str, Any]) -> IngestConfig:
+    """Find the log DBs and sensor roots (config, else NUPLAN_DB / NUPLAN_SENSOR_ROOT / NUPLAN_DATA_ROOT),
+    keep the first ``episodes`` logs when given (0 = all), and fix every log's split up front: 80/10/10
+    by camera frame count over the whole dataset, so a log's split does not depend on its block."""
+    from ingest.block import assign_splits  # ingest.block imports this module
+
+    source = resolve_source(cfg.source, os.environ)
+    wanted = overrides.get("episodes", 0)  # the preset's 0 = every log
+    if wanted < 0:
+        raise ValueError(f"episodes must be >= 0 for nuplan (the number of logs, 0 = all), got {wanted}")
+    if wanted > len(source.db_paths):
+        raise ValueError(
+            f"episodes={wanted} but only {len(source.db_paths)} nuPlan logs were found "
+            f"(first: {source.db_paths[0]}); use episodes=0 (or leave it out) for all of them"
+        )
+    if wanted:
+        source = replace(source, db_paths=source.db_paths[:wanted])
+    frames = count_frames_per_log(source)  # logs without camera images count 0 and are skipped later
+    splits = assign_splits(frames, cfg.seed, -1)
+    return replace(cfg, source=source, episodes=len(source.db_paths), unit_splits=tuple(splits))
+
+
 # Per source kind: fill in what only the data on disk can tell (log lists, unit sizes, fixed splits).
 # Called by build_config with the resolved config and the user's top-level overrides.
-RESOLVERS: dict[str, Callable[[IngestConfig, dict[str, Any]], IngestConfig]] = {}
+RESOLVERS: dict[str, Callable[[IngestConfig, dict[str, Any]], IngestConfig]] = {"nuplan": _resolve_nuplan}
 
 
 __all__ = ["DATASETS", "IngestConfig", "RunOptions", "build_config", "preset"]
