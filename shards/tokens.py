@@ -273,8 +273,8 @@ class TokenWindows(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         clip, start = (int(v) for v in self.items[i])
         data = self.cache.clip(clip, start, self.window)
-        out = {"codes": torch.from_numpy(np.asarray(data["codes"], dtype=np.int64))}
+        out = {"codes": torch.from_numpy(np.array(data["codes"], dtype=np.int64))}
         for name in ("actions", "positions"):
             if name in data:
-                out[name] = torch.from_numpy(np.asarray(data[name], dtype=np.int64))
+                out[name] = torch.from_numpy(np.array(data[name], dtype=np.int64))
         return out

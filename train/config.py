@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from model.flam import LAMConfig
 from model.tokenizer import TokenizerConfig
 from shards.config import from_dict, merge, parse_overrides, to_dict
 
@@ -56,11 +57,40 @@ class PrecomputeConfig:
 
 
 @dataclass(frozen=True)
+class LAMTrainConfig:
+    run_dir: str = ""  # "" -> runs/<model>-<dataset>
+    tokenizer: str = (
+        ""  # tokenizer checkpoint whose token cache to train on; "" -> runs/tok-<dataset>/ckpt/latest
+    )
+    steps: int = 100000
+    batch_size: int = 32  # global, in windows; each rank takes batch_size / world_size
+    window: int = 8  # frames per training window (T)
+    window_stride: int = 4  # window starts every this many frames within a clip
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, ...] = (0.9, 0.99)
+    warmup_steps: int = 1000
+    grad_clip: float = 1.0
+    bf16: bool = True  # autocast on GPU only
+    compile: bool = False  # torch.compile on GPU
+    seed: int = 0
+    log_every: int = 50
+    val_every: int = 1000  # rollout PSNR through the frozen decoder + a rollout video
+    val_clips: int = 16
+    rollout_steps: int = 8  # n of the n-step autoregressive rollout (paper appendix C.1)
+    ckpt_every: int = 1000
+    keep_last: int = 3
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     tokenizer_train: TokenizerTrainConfig = field(default_factory=TokenizerTrainConfig)
     precompute: PrecomputeConfig = field(default_factory=PrecomputeConfig)
+    model: str = "flam"  # a key of model.zoo.MODELS
+    lam: LAMConfig = field(default_factory=LAMConfig)
+    lam_train: LAMTrainConfig = field(default_factory=LAMTrainConfig)
 
     @property
     def dataset_dir(self) -> Path:
@@ -69,6 +99,19 @@ class Config:
     @property
     def tokenizer_run_dir(self) -> Path:
         return Path(self.tokenizer_train.run_dir or f"runs/tok-{self.data.dataset}")
+
+    @property
+    def tokenizer_checkpoint(self) -> Path:
+        """The frozen tokenizer the world model trains against (its cache, its decoder)."""
+        return (
+            Path(self.lam_train.tokenizer)
+            if self.lam_train.tokenizer
+            else self.tokenizer_run_dir / "ckpt" / "latest"
+        )
+
+    @property
+    def lam_run_dir(self) -> Path:
+        return Path(self.lam_train.run_dir or f"runs/{self.model}-{self.data.dataset}")
 
 
 def load_config(path: str | Path | None, overrides: list[str] | dict[str, Any] | None = None) -> Config:

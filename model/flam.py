@@ -1,0 +1,289 @@
+"""Factored Latent Action Model (FLAM, paper section 4.2) on cached tokenizer features.
+
+Shapes: B batch, T time, K slots, N tokens per frame (h*w), F = FSQ width (``feature_dim``: 5 for the
+simulators' [4]*5 levels, 7 for nuPlan), D model width (``dim``), A = latent action size per slot.
+
+Input is ``batch["features"]`` [B, T, N, F]: the exact FSQ vectors of the cached codes
+(``Tokenizer.codes_to_features`` flattened over h, w); the model never sees pixels. Pipeline, teacher-forced
+over all transitions t = 0..T-2 at once:
+
+    x = Linear(F -> D)(features) + learned position embedding (2D sin-cos init)        [B, T, N, D]
+    slots, attn = Factorizer(x)            slot attention per frame + causal temporal  [B, T, K, D]
+    mu, logvar = IDM(s_t, s_{t+1})         per-slot Gaussian posterior                 [B, T-1, K, A]
+    z = mu + sigma * eps (training) | mu (eval)
+    ŝ_{t+1} = FDM(s_t, z_t)                predicted next slots                         [B, T-1, K, D]
+    x̂_{t+1} = Aggregator(x_t, ŝ_{t+1})      cross-attention, queries = current patches   [B, T-1, N, D]
+    pred = features_t + Linear(D -> F)(LN x̂_{t+1})                                      [B, T-1, N, F]
+
+The aggregator is conditioned on x_t (paper) and the output adds the current features back with a zero-
+initialised head: the untrained model predicts "copy the last frame", and slots/latents only need to
+carry what changes. See ``model/slots.py`` and ``model/dynamics.py`` for the factorizer, the IDM/FDM
+reading of the paper and the Global-Coupled ablation.
+
+Capacity matching (paper section 5): with ``action_dim=0`` each of the K slots gets A = D / K, so the K
+latents together have D numbers, the same as a monolithic LAM's single latent of size D.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from model.blocks import CrossAttentionLayer, sincos_pos_embed
+from model.dynamics import COUPLINGS, FDM, IDM, gaussian_kl, reparameterize
+from model.slots import Factorizer
+
+
+@dataclass(frozen=True)
+class LAMConfig:
+    """Latent action model hyperparameters (paper Table 5 defaults for the simulators: MultiGrid K=4, N=256;
+    Procgen K=16, N=196; nuPlan depth=3, K=16, N=196, feature_dim=7). Saved in every checkpoint."""
+
+    dim: int = 256  # attention width D
+    num_heads: int = 8
+    depth: int = 2  # layers in each of IDM, FDM and aggregator
+    num_slots: int = 4  # K factors
+    slot_iters: int = 3  # slot-attention iterations per frame
+    action_dim: int = 0  # A per slot; 0 -> dim // num_slots (capacity matched to one latent of size dim)
+    beta: float = 2e-4  # KL coefficient
+    factorizer_temporal: bool = True  # False: ablation without the factorizer's temporal attention (SAVi)
+    coupling: str = "factored"  # "factored" (FLAM) | "global" (Global-Coupled FLAM ablation)
+    feature_dim: int = 5  # F = len(FSQ levels) of the tokenizer
+    num_tokens: int = 256  # N = h * w tokens per frame
+    max_frames: int = 32  # frames the factorizer's temporal attention can see (time embedding size)
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "num_heads", "depth", "num_slots", "slot_iters", "feature_dim", "num_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"LAMConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.dim % self.num_heads:
+            raise ValueError(f"LAMConfig.dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        if self.action_dim < 0:
+            raise ValueError(
+                f"LAMConfig.action_dim must be >= 0 (0 = dim // num_slots), got {self.action_dim}"
+            )
+        if self.action_dim == 0 and self.dim % self.num_slots:
+            raise ValueError(
+                f"LAMConfig.action_dim=0 means dim // num_slots, but dim {self.dim} is not divisible by "
+                f"num_slots {self.num_slots}; set action_dim explicitly"
+            )
+        if self.coupling not in COUPLINGS:
+            raise ValueError(f"LAMConfig.coupling {self.coupling!r} unknown; choose one of {COUPLINGS}")
+        if self.beta < 0:
+            raise ValueError(f"LAMConfig.beta must be >= 0, got {self.beta}")
+        if self.max_frames < 2:
+            raise ValueError(f"LAMConfig.max_frames must be >= 2, got {self.max_frames}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LAMConfig.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def latent_action_dim(self) -> int:
+        """A: the size of each slot's latent action."""
+        return self.action_dim or self.dim // self.num_slots
+
+
+class Aggregator(nn.Module):
+    """Cross-attention from the current patches (queries) to the predicted slots (keys/values):
+    x_t [B, N, D], slots [B, K, D] -> x̂_{t+1} [B, N, D]. Invariant to the order of the slots."""
+
+    def __init__(self, dim: int, num_heads: int, depth: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            CrossAttentionLayer(dim, num_heads, dropout=dropout) for _ in range(depth)
+        )
+
+    def forward(self, x: Tensor, slots: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x, slots)
+        return x
+
+
+class FLAM(nn.Module):
+    """Factored latent action model. ``forward(batch) -> (loss, metrics)``; ``infer_actions``,
+    ``sample_prior_actions`` and ``rollout`` for evaluation and controllable generation.
+
+    Loss (paper Eq. 6): ``pred_mse + beta * kl`` with
+    - pred_mse: mean over B, T-1 steps, N tokens and F dims of (pred - features_{t+1})^2;
+    - kl: KL(q(z_t^k) || N(0, I)) summed over the A action dims and over the K slots, averaged over B and
+      the T-1 steps. Summing over slots (the paper's sum over factors i = 1..K) makes it the KL of all
+      D = K*A latent numbers, the same quantity a capacity-matched monolithic LAM (one latent of size D)
+      puts under the same beta. ``kl_per_slot`` [K] is the per-slot term (``kl == kl_per_slot.sum()``).
+    """
+
+    def __init__(self, cfg: LAMConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, a = cfg.dim, cfg.latent_action_dim
+        self.embed = nn.Linear(cfg.feature_dim, d)
+        self.pos_embed = nn.Parameter(sincos_pos_embed(cfg.num_tokens, d))  # learned, sin-cos init
+        self.factorizer = Factorizer(
+            d,
+            cfg.num_heads,
+            num_slots=cfg.num_slots,
+            iters=cfg.slot_iters,
+            max_frames=cfg.max_frames,
+            temporal=cfg.factorizer_temporal,
+            dropout=cfg.dropout,
+        )
+        self.idm = IDM(d, cfg.num_heads, cfg.depth, a, cfg.coupling, cfg.dropout)
+        self.fdm = FDM(d, cfg.num_heads, cfg.depth, a, cfg.coupling, cfg.dropout)
+        self.aggregator = Aggregator(d, cfg.num_heads, cfg.depth, cfg.dropout)
+        self.norm_out = nn.LayerNorm(d)
+        self.head = nn.Linear(d, cfg.feature_dim)
+        # Linear layers keep PyTorch's fan-in-scaled default init: a fixed std of 0.02 (GPT-style) made
+        # attention logits ~25x too small at the test widths (D=32) and stalled learning for hundreds of
+        # steps on a toy moving-sprites task; at D=256 the two are within 2x of each other.
+        # Zero head: the initial prediction is exactly the current frame (see the module docstring).
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    # -- training ------------------------------------------------------------------------------------
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """batch["features"]: float [B, T, N, F], T >= 2 (optional batch["noise"]: the reparameterisation
+        eps [B, T-1, K, A], see ``noise_shape``) -> (scalar loss, detached metrics):
+        loss, pred_mse, copy_mse (last-frame-copy baseline), kl, kl_per_slot [K], slot_usage [K]
+        (share of token attention mass won by each slot; sums to 1), post_std (mean posterior std)."""
+        features = batch["features"]
+        out = self.predict(features, batch.get("noise"))
+        target = features[:, 1:].float()
+        pred_mse = (out["pred"].float() - target).square().mean()
+        kl_per_slot = gaussian_kl(out["mu"], out["logvar"]).mean(dim=(0, 1))  # [K]
+        kl = kl_per_slot.sum()
+        loss = pred_mse + self.cfg.beta * kl
+        metrics = {
+            "loss": loss,
+            "pred_mse": pred_mse,
+            "copy_mse": (features[:, :-1].float() - target).square().mean(),
+            "kl": kl,
+            "kl_per_slot": kl_per_slot,
+            "slot_usage": out["attn"].float().mean(dim=(0, 1, 3)),
+            "post_std": (0.5 * out["logvar"].float()).exp().mean(),
+        }
+        return loss, {k: v.detach() for k, v in metrics.items()}
+
+    def noise_shape(self, features: Tensor) -> tuple[int, ...]:
+        """Shape of the reparameterisation noise ``batch["noise"]`` for ``features`` [B, T, N, F]:
+        (B, T-1, K, A)."""
+        return (features.shape[0], features.shape[1] - 1, self.cfg.num_slots, self.cfg.latent_action_dim)
+
+    def predict(self, features: Tensor, noise: Tensor | None = None) -> dict[str, Tensor]:
+        """Teacher-forced one-step predictions of frames 1..T-1. features: [B, T, N, F] -> dict with
+        pred [B, T-1, N, F]; mu, logvar, z [B, T-1, K, A]; slots [B, T, K, D]; attn [B, T, K, N];
+        next_slots (the FDM's ŝ) [B, T-1, K, D]. z is sampled in training mode, the posterior mean in eval."""
+        self._check_features(features, min_frames=2)
+        if self.cfg.factorizer_temporal and features.shape[1] > self.cfg.max_frames:
+            raise ValueError(
+                f"features have T={features.shape[1]} frames, more than max_frames={self.cfg.max_frames}"
+            )
+        b = features.shape[0]
+        x = self._embed(features)
+        slots, attn = self.factorizer(x)
+        current = rearrange(slots[:, :-1], "b t k d -> (b t) k d")  # fold the T-1 transitions into batch
+        mu, logvar = self.idm(current, rearrange(slots[:, 1:], "b t k d -> (b t) k d"))
+        if noise is not None:
+            noise = rearrange(noise, "b t k a -> (b t) k a")
+        z = reparameterize(mu, logvar, sample=self.training, noise=noise)
+        next_slots = self.fdm(current, z)
+        pred = self._decode(
+            rearrange(x[:, :-1], "b t n d -> (b t) n d"),
+            rearrange(features[:, :-1], "b t n f -> (b t) n f"),
+            next_slots,
+        )
+        unfold = {"pred": pred, "mu": mu, "logvar": logvar, "z": z, "next_slots": next_slots}
+        out = {k: rearrange(v, "(b t) ... -> b t ...", b=b) for k, v in unfold.items()}
+        return {**out, "slots": slots, "attn": attn}
+
+    # -- evaluation / generation ---------------------------------------------------------------------
+
+    def infer_actions(self, features: Tensor) -> Tensor:
+        """Posterior means of the latent actions. features: [B, T, N, F] -> z [B, T-1, K, A], where
+        z[:, t] drives the transition from frame t to frame t+1."""
+        self._check_features(features, min_frames=2)
+        b = features.shape[0]
+        slots, _ = self.factorizer(self._embed(features))
+        mu, _ = self.idm(
+            rearrange(slots[:, :-1], "b t k d -> (b t) k d"), rearrange(slots[:, 1:], "b t k d -> (b t) k d")
+        )
+        return rearrange(mu, "(b t) k a -> b t k a", b=b)
+
+    def sample_prior_actions(
+        self,
+        batch_size: int,
+        steps: int,
+        device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Latent actions drawn from the prior N(0, I): [batch_size, steps, K, A]. For controllable
+        generation, replace one slot's column of ``infer_actions`` output with these and ``rollout``."""
+        shape = (batch_size, steps, self.cfg.num_slots, self.cfg.latent_action_dim)
+        device = device if device is not None else self.pos_embed.device
+        return torch.randn(shape, device=device, generator=generator)
+
+    def rollout(
+        self, first: Tensor, actions: Tensor, snap: Callable[[Tensor], Tensor] | None = None
+    ) -> Tensor:
+        """Autoregressive prediction from context frames under given latent actions.
+
+        first: [B, t0, N, F] context features (t0 >= 1); actions: [B, n, K, A], actions[:, i] drives the
+        step from frame t0-1+i to t0+i (so ``infer_actions(gt)[:, t0-1:]`` replays a ground-truth clip);
+        snap: optional map of predicted features onto the code grid (e.g. ``FSQ.snap``), applied to every
+        prediction before it is fed back and returned. -> predicted features [B, n, N, F].
+
+        Each prediction is fed back through the factorizer: a new frame is slot-bound once and the causal
+        temporal layer re-runs over the last ``max_frames`` frames (a sliding window, time index 0 = the
+        window's first frame, as for training clips cut anywhere in an episode). With n=1 and
+        ``infer_actions`` inputs this equals ``predict``'s teacher-forced prediction of frame t0.
+        """
+        self._check_features(first, min_frames=1)
+        b = first.shape[0]
+        want = (b, self.cfg.num_slots, self.cfg.latent_action_dim)
+        if actions.ndim != 4 or (actions.shape[0], *actions.shape[2:]) != want:
+            raise ValueError(f"actions must be [{b}, n, {want[1]}, {want[2]}], got {tuple(actions.shape)}")
+        window = self.cfg.max_frames
+        x = self._embed(first)
+        history, _ = self.factorizer.bind_frames(x)  # per-frame slots before the temporal layer
+        history = history[:, -window:]
+        x_t, f_t = x[:, -1], first[:, -1]
+        preds = []
+        for i in range(actions.shape[1]):
+            slots_t = self.factorizer.mix(history)[:, -1]
+            f_t = self._decode(x_t, f_t, self.fdm(slots_t, actions[:, i]))
+            if snap is not None:
+                f_t = snap(f_t)
+            preds.append(f_t)
+            if i + 1 < actions.shape[1]:
+                x_t = self._embed(f_t)
+                # SAVi ablation: the new frame's slot attention starts from the previous frame's slots.
+                init = None if self.cfg.factorizer_temporal else history[:, -1]
+                new, _ = self.factorizer.bind(x_t, init)
+                history = torch.cat([history, new[:, None]], dim=1)[:, -window:]
+        return torch.stack(preds, dim=1)
+
+    # -- internals -----------------------------------------------------------------------------------
+
+    def _embed(self, features: Tensor) -> Tensor:
+        """[..., N, F] -> [..., N, D]."""
+        return self.embed(features) + self.pos_embed
+
+    def _decode(self, x_t: Tensor, features_t: Tensor, next_slots: Tensor) -> Tensor:
+        """Aggregator + head: x_t [B, N, D], features_t [B, N, F], ŝ_{t+1} [B, K, D] -> features [B, N, F]."""
+        return features_t + self.head(self.norm_out(self.aggregator(x_t, next_slots)))
+
+    def _check_features(self, features: Tensor, min_frames: int) -> None:
+        n, f = self.cfg.num_tokens, self.cfg.feature_dim
+        if (
+            not features.is_floating_point()
+            or features.ndim != 4
+            or tuple(features.shape[2:]) != (n, f)
+            or features.shape[1] < min_frames
+        ):
+            raise ValueError(
+                f"features must be float [B, T>={min_frames}, {n}, {f}] (N = num_tokens, F = feature_dim), "
+                f"got {features.dtype} {tuple(features.shape)}"
+            )

@@ -1,0 +1,201 @@
+"""train/lam.py on cached tokens: one process, 2 ranks == 1 rank at the same global batch, two "nodes"
+on loopback, kill + resume == uninterrupted, and clear refusals (stale cache, bad keys)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+import torch
+
+from shards.config import ConfigError
+from shards.tokens import StaleCacheError
+from train import lam as train_lam
+from train import precompute
+from train.common import load_checkpoint
+from train.config import load_config
+
+from .conftest import REPO
+from .helpers import ingest_multigrid, save_tokenizer
+
+TINY_LAM = [
+    "lam.dim=32",
+    "lam.num_heads=2",
+    "lam.depth=1",
+    "lam.num_slots=4",
+    "lam.slot_iters=2",
+    "lam_train.batch_size=4",
+    "lam_train.window=4",
+    "lam_train.window_stride=4",
+    "lam_train.log_every=2",
+    "lam_train.val_every=1000",
+    "lam_train.val_clips=2",
+    "lam_train.rollout_steps=3",
+    "lam_train.warmup_steps=2",
+    "lam_train.lr=1e-3",
+]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lamdata")
+    ingest_multigrid(root, episodes=20)
+    ckpt = save_tokenizer(root / "tok")
+    precompute.main(
+        load_config(REPO / "configs/demo.yaml", {"data": {"root": str(root), "num_workers": 0}}), ckpt
+    )
+    return root, ckpt
+
+
+def overrides(cache, run_dir, steps, *extra):
+    root, ckpt = cache
+    return [
+        *TINY_LAM,
+        f"data.root={root}",
+        f"lam_train.tokenizer={ckpt}",
+        f"lam_train.run_dir={run_dir}",
+        f"lam_train.steps={steps}",
+        f"lam_train.ckpt_every={steps}",
+        *extra,
+    ]
+
+
+def final_weights(run_dir):
+    state = load_checkpoint(run_dir / "ckpt" / "latest")
+    return state["step"], state["model"]
+
+
+def torchrun(args, nproc=2, extra=()):
+    return [
+        *(os.environ.get("PYTHON", "") or __import__("sys").executable,),
+        "-m",
+        "torch.distributed.run",
+        *extra,
+        f"--nproc_per_node={nproc}",
+        "train/lam.py",
+        "--config",
+        "configs/demo.yaml",
+        *args,
+    ]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def test_single_process_trains_validates_and_writes_a_video(cache, tmp_path):
+    cfg = load_config(REPO / "configs/demo.yaml", overrides(cache, tmp_path, 4, "lam_train.val_every=4"))
+    train_lam.main(cfg)
+    step, _ = final_weights(tmp_path)
+    assert step == 4
+    assert [p.name for p in (tmp_path / "videos").iterdir()] == ["step-0000004.gif"]
+    state = load_checkpoint(tmp_path / "ckpt" / "latest")
+    assert state["kind"] == "lam" and state["data"]["global_samples"] == 16
+
+
+@pytest.mark.torchrun
+def test_two_ranks_equal_one_process_with_the_same_global_batch(cache, tmp_path):
+    cfg = load_config(REPO / "configs/demo.yaml", overrides(cache, tmp_path / "one", 3))
+    train_lam.main(cfg)
+    subprocess.run(
+        torchrun(overrides(cache, tmp_path / "two", 3), extra=["--standalone"]),
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        env=ENV,
+    )
+    (s1, w1), (s2, w2) = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
+    assert s1 == s2 == 3
+    for name, tensor in w1.items():
+        torch.testing.assert_close(w2[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.torchrun
+def test_two_nodes_on_loopback_complete(cache, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [
+        subprocess.Popen(
+            torchrun(
+                overrides(cache, tmp_path, 2),
+                nproc=1,
+                extra=[
+                    "--nnodes=2",
+                    f"--node_rank={node}",
+                    "--rdzv-backend=c10d",
+                    f"--rdzv-endpoint=127.0.0.1:{port}",
+                    "--rdzv-id=flamtest",
+                ],
+            ),
+            cwd=REPO,
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for node in (0, 1)
+    ]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
+    assert final_weights(tmp_path)[0] == 2
+
+
+@pytest.mark.torchrun
+def test_kill_and_resume_equals_uninterrupted(cache, tmp_path):
+    args = lambda run: overrides(cache, run, 12, "lam_train.ckpt_every=3")  # noqa: E731
+    subprocess.run(
+        torchrun(args(tmp_path / "clean"), extra=["--standalone"]),
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        env=ENV,
+    )
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        torchrun(args(killed), extra=["--standalone"]),
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 180
+    while time.time() < deadline and not (killed / "ckpt" / "latest").exists():
+        assert proc.poll() is None
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert load_checkpoint(killed / "ckpt" / "latest")["step"] < 12
+    # resume on ONE rank: the global batches do not depend on the world size
+    train_lam.main(load_config(REPO / "configs/demo.yaml", args(killed)))
+    (s1, w1), (s2, w2) = final_weights(tmp_path / "clean"), final_weights(killed)
+    assert s1 == s2 == 12
+    for name, tensor in w1.items():
+        torch.testing.assert_close(w2[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_stale_cache_and_bad_keys_are_refused(cache, tmp_path):
+    root, _ = cache
+    copy = tmp_path / "data"
+    shutil.copytree(root / "multigrid", copy / "multigrid")
+    cfg = load_config(
+        REPO / "configs/demo.yaml", [*overrides(cache, tmp_path / "run", 2), f"data.root={copy}"]
+    )
+    manifest = copy / "multigrid" / "manifest.json"
+    manifest.write_text(manifest.read_text() + "\n")  # as after a re-ingest: other shards, other hash
+    with pytest.raises(StaleCacheError, match="re-ingested"):
+        train_lam.main(cfg)
+    other = save_tokenizer(tmp_path / "other", seed=3)
+    with pytest.raises(FileNotFoundError, match="make precompute"):  # no cache made by that tokenizer
+        train_lam.main(
+            load_config(
+                REPO / "configs/demo.yaml",
+                [*overrides(cache, tmp_path / "r2", 2), f"lam_train.tokenizer={other}"],
+            )
+        )
+    with pytest.raises(ConfigError, match=r"lam\.num_slotz"):
+        load_config(REPO / "configs/demo.yaml", ["lam.num_slotz=3"])
