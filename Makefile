@@ -21,7 +21,11 @@ TOKENIZER   ?= runs/tok-$(DATASET)/ckpt/latest
 LAUNCH       = $(if $(filter 1,$(NPROC)),$(PY),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-all lint format ingest tokenizer precompute bench-ingest bench-loader clean-data
+.PHONY: help demo setup test test-all lint format ingest tokenizer precompute train bench-ingest bench-loader clean-data
+MODEL       ?= flam
+
+demo: $(STAMP)  ## the whole job on a small MultiGrid set (ingest, tokenizer, tokens, FLAM, report), CPU ok
+	$(PY) train/demo.py --config configs/demo.yaml $(ARGS)
 
 help:  ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -60,6 +64,9 @@ tokenizer: $(STAMP)  ## train the FSQ tokenizer of DATASET on its shards in OUT 
 
 precompute: $(STAMP)  ## encode DATASET's shards with TOKENIZER into the token cache + Recon report (NPROC=)
 	$(LAUNCH) train/precompute.py --config $(CONFIG) --tokenizer $(TOKENIZER) data.root=$(OUT) $(ARGS)
+
+train: $(STAMP)  ## train MODEL (flam, ...) on DATASET's token cache (NPROC= CONFIG= ARGS=)
+	$(LAUNCH) train/lam.py --config $(CONFIG) model=$(MODEL) data.root=$(OUT) $(ARGS)
 
 bench-loader: $(STAMP)  ## loader clips/s vs a bare decord loop over the same shards
 	$(PY) bench/loader.py

@@ -95,6 +95,40 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def gather_rng_states(extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every rank's RNG state (plus ``extra``, e.g. a generator's state), in rank order."""
+    mine = {**rng_state(), **(extra or {})}
+    if not dist.is_initialized():
+        return [mine]
+    states: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(states, mine)
+    return states
+
+
+def train_state(model, optimizer, scheduler, step: int, **extra: Any) -> dict[str, Any]:
+    """The whole training state of an unwrapped model, for ``Checkpoints.save``."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "step": step,
+        **extra,
+    }
+
+
+def restore_train_state(state: dict[str, Any], model, optimizer, scheduler, rank: int) -> int:
+    """Load ``train_state`` into the objects; set this rank's RNG (or the last saved rank's, when
+    resuming on more ranks than saved). Returns the step and leaves the rank's RNG dict in
+    ``state["rng_of_rank"]`` for extras such as generator states."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    rngs = state["rng"][min(rank, len(state["rng"]) - 1)]
+    set_rng_state(rngs)
+    state["rng_of_rank"] = rngs
+    return int(state["step"])
+
+
 def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
     """Average scalar metrics over ranks (identity in a single process)."""
     if not dist.is_initialized() or not values:

@@ -88,6 +88,9 @@ class Config:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     tokenizer_train: TokenizerTrainConfig = field(default_factory=TokenizerTrainConfig)
     precompute: PrecomputeConfig = field(default_factory=PrecomputeConfig)
+    # How the dataset is ingested (overrides of ingest.config.build_config); used by `make demo` to make
+    # its own small shard set. Training reads whatever shards data.root holds.
+    ingest: dict[str, Any] = field(default_factory=dict)
     model: str = "flam"  # a key of model.zoo.MODELS
     lam: LAMConfig = field(default_factory=LAMConfig)
     lam_train: LAMTrainConfig = field(default_factory=LAMTrainConfig)

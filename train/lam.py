@@ -37,12 +37,13 @@ from train.common import (
     Checkpoints,
     all_reduce_mean,
     cleanup_distributed,
+    gather_rng_states,
     init_distributed,
     load_tokenizer,
     per_rank_batch,
-    rng_state,
+    restore_train_state,
     seed_everything,
-    set_rng_state,
+    train_state,
     warmup_cosine,
 )
 from train.config import Config, load_config, save_config
@@ -142,11 +143,7 @@ def main(cfg: Config) -> Path:
             )
         if state["config"]["lam"] != to_dict(cfg.lam) or state["config"]["model"] != cfg.model:
             raise ValueError(f"{ckpts.latest} holds a model with another config: use a new lam_train.run_dir")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step = state["step"]
-        set_rng_state(state["rng"][min(rank, len(state["rng"]) - 1)])
+        step = restore_train_state(state, model, optimizer, scheduler, rank)
     if dist_info.is_main:
         save_config(cfg, run_dir / "config.yaml")
 
@@ -171,23 +168,21 @@ def main(cfg: Config) -> Path:
     clock, seen = time.perf_counter(), 0
 
     def save() -> None:
-        rngs = [rng_state()]
-        if dist_info.distributed:
-            rngs = [None] * world
-            torch.distributed.all_gather_object(rngs, rng_state())
+        rngs = gather_rng_states()
         if dist_info.is_main:
+            data = {"global_samples": step * lt.batch_size, "seed": lt.seed}
             ckpts.save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "step": step,
-                    "rng": rngs,
-                    "data": {"global_samples": step * lt.batch_size, "seed": lt.seed},
-                    "config": to_dict(cfg),
-                    "tokenizer_id": tokenizer_id,
-                    "kind": "lam",
-                }
+                train_state(
+                    model,
+                    optimizer,
+                    scheduler,
+                    step,
+                    rng=rngs,
+                    data=data,
+                    config=to_dict(cfg),
+                    tokenizer_id=tokenizer_id,
+                    kind="lam",
+                )
             )
 
     while step < lt.steps:

@@ -106,3 +106,30 @@ def rollout_validation(
     scores.update({f"val_psnr_by_step/{i + 1}": float(v) for i, v in enumerate(p.mean(0))})
     write_gif([out["target"][:4].cpu(), out["pred"][:4].cpu()], video_dir / f"step-{step:07d}.gif")
     return scores
+
+
+@torch.no_grad()
+def score_against_pixels(
+    model, tokenizer: Tokenizer, fsq: FSQ, frames: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Score an n-step rollout against real frames. frames: uint8 [B, T, H, W, 3] ground truth.
+
+    The clip is tokenized, latent actions are inferred from its codes, the model rolls out frames
+    1..T-1 from frame 0, and every row is compared with the real pixels: ``model`` (the rollout),
+    ``recon`` (the tokenizer's own reconstruction: the ceiling) and ``copy`` (frame 0 held still: the
+    floor). Returns per-frame PSNR/SSIM [B, T-1] for each, and the decoded frames for videos.
+    """
+    from model.tokenizer import to_float
+
+    target = to_float(frames)  # [B, T, 3, H, W]
+    codes = tokenizer.encode(target)
+    features = fsq.indices_to_codes(codes).flatten(2, 3)
+    h, w = codes.shape[-2:]
+    out = rollout_frames(model, tokenizer, fsq, features, (h, w))
+    real = to_unit(target[:, 1:])
+    rows = {"model": out["pred"], "recon": out["target"], "copy": target[:, :1].expand_as(target[:, 1:])}
+    scores: dict[str, torch.Tensor] = {}
+    for name, video in rows.items():
+        scores[f"{name}_psnr"] = psnr(to_unit(video), real).clamp(max=100)
+        scores[f"{name}_ssim"] = ssim(to_unit(video), real)
+    return {**scores, "frames": {"truth": target[:, 1:], **rows}}

@@ -34,11 +34,12 @@ from train.common import (
     DistInfo,
     all_reduce_mean,
     cleanup_distributed,
+    gather_rng_states,
     init_distributed,
     per_rank_batch,
-    rng_state,
+    restore_train_state,
     seed_everything,
-    set_rng_state,
+    train_state,
     warmup_cosine,
 )
 from train.config import Config, load_config, save_config
@@ -128,16 +129,11 @@ def main(cfg: Config) -> Path:
     if state is not None:
         if state["config"]["tokenizer"] != to_dict(cfg.tokenizer):
             raise ValueError(f"{ckpts.latest} holds a tokenizer with another config: use a new run_dir")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step = state["step"]
+        step = restore_train_state(state, model, optimizer, scheduler, dist_info.rank)
         dataset.load_state_dict(state["data"], strict=False, num_workers=cfg.data.num_workers)
     generator = torch.Generator().manual_seed(tc.seed * 7919 + dist_info.rank)  # which frames of a clip
     if state is not None:
-        rngs = state["rng"][min(dist_info.rank, len(state["rng"]) - 1)]
-        set_rng_state(rngs)
-        generator.set_state(rngs["frames"])
+        generator.set_state(state["rng_of_rank"]["frames"])
 
     train_model = model
     if dist_info.distributed:
@@ -156,24 +152,20 @@ def main(cfg: Config) -> Path:
 
     def save() -> None:
         data_states = gather_states(loader.state_dict())
-        mine = {**rng_state(), "frames": generator.get_state()}
-        rngs = [mine]
-        if dist_info.distributed:
-            rngs = [None] * dist_info.world_size
-            torch.distributed.all_gather_object(rngs, mine)
+        rngs = gather_rng_states({"frames": generator.get_state()})
         if dist_info.is_main:
             ckpts.save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "step": step,
-                    "rng": rngs,
-                    "data": data_states,
-                    "config": to_dict(cfg),
-                    "tokenizer_config": to_dict(cfg.tokenizer),
-                    "kind": "tokenizer",
-                }
+                train_state(
+                    model,
+                    optimizer,
+                    scheduler,
+                    step,
+                    rng=rngs,
+                    data=data_states,
+                    config=to_dict(cfg),
+                    tokenizer_config=to_dict(cfg.tokenizer),
+                    kind="tokenizer",
+                )
             )
 
     data_iter = iter(loader)
