@@ -116,7 +116,7 @@ def decode_video(data: bytes, backend: str = "auto") -> np.ndarray:
 
         try:
             return _decode_decord(data)
-        except DECORDError:
+        except (DECORDError, RuntimeError):  # decord raises a bare RuntimeError on bytes it cannot open
             pass
     return _decode_pyav(data)
 

@@ -53,3 +53,8 @@ def test_bad_inputs_are_refused():
 def test_auto_backend_falls_back_to_pyav_where_decord_cannot():
     frames = np.random.default_rng(1).integers(0, 256, (3, 32, 48, 3), dtype=np.uint8)
     np.testing.assert_array_equal(decode_video(encode_frames(frames, "libx264rgb")), frames)
+
+
+def test_garbage_bytes_fall_back_to_pyav_and_raise_its_error():
+    with pytest.raises(ValueError, match="Invalid data"):  # av.InvalidDataError, not decord's RuntimeError
+        decode_video(b"not a video")
