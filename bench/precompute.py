@@ -29,7 +29,6 @@ import contextlib
 import io
 import json
 import os
-import resource
 import shutil
 import statistics
 import sys
@@ -43,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
+from bench.timing import timed
 from ingest.config import RunOptions, build_config
 from ingest.pipeline import run_ingest
 from model.tokenizer import Tokenizer, to_float
@@ -52,23 +52,6 @@ from tests.helpers import save_tokenizer
 from train.common import load_tokenizer
 from train.config import Config, load_config
 from train.precompute import encode_split
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], int], device: torch.device) -> dict[str, float]:
-    """Wall seconds, CPU seconds (this process + children reaped meanwhile) and frames of one run."""
-    sync(device)
-    before, cpu0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time(), time.perf_counter()
-    frames = fn()
-    sync(device)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu += (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    return {"seconds": wall, "cpu_seconds": cpu, "frames": frames}
 
 
 @torch.no_grad()

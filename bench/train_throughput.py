@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import sys
@@ -45,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
+from bench.timing import sync, timed
 from model.fsq import FSQ
 from model.zoo import build_model
 from shards.loader import ClipDataset, ClipLoader
@@ -151,23 +151,6 @@ class PixelBatches:
         return self.trainer.add_noise(batch)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], int], device: torch.device) -> dict[str, float]:
-    """Wall seconds, CPU seconds (this process + children reaped meanwhile) and samples of one run."""
-    sync(device)
-    before, cpu0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time(), time.perf_counter()
-    samples = fn()
-    sync(device)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu += (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    return {"seconds": wall, "cpu_seconds": cpu, "samples": samples}
-
-
 def setup(args: argparse.Namespace, tmp: Path) -> tuple[Config, Path]:
     """Shards, a random tokenizer checkpoint and its train token cache -> (config, cache split dir)."""
     t0 = time.perf_counter()
@@ -251,16 +234,16 @@ def main() -> None:
                                 trainer.train_step(batch)
                         return steps * b
 
-                    return timed(body, device)
+                    return timed(body, device, "samples")
                 finally:
                     pixel.stop()
 
             return run
 
         runs: dict[str, Callable[[], dict[str, float]]] = {
-            "cache": lambda: timed(train_cache, device),
+            "cache": lambda: timed(train_cache, device, "samples"),
             "pixel": run_pixel(args.steps, train=True),
-            "cache-data": lambda: timed(data_cache, device),
+            "cache-data": lambda: timed(data_cache, device, "samples"),
             "pixel-data": run_pixel(args.steps, train=False),
         }
         print(f"warm-up (device {device}, batch {b}, window {args.window}) ...", flush=True)

@@ -62,6 +62,20 @@ def barrier() -> None:
         dist.barrier()
 
 
+def wrap_for_training(model: torch.nn.Module, dist_info: DistInfo, compile: bool) -> torch.nn.Module:
+    """DDP under torchrun (device_ids on GPU only), then torch.compile on GPU when asked. Save and
+    evaluate the unwrapped model."""
+    wrapped = model
+    if dist_info.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
+        wrapped = DistributedDataParallel(model, device_ids=ids)
+    if compile and dist_info.device.type == "cuda":
+        wrapped = torch.compile(wrapped)
+    return wrapped
+
+
 def per_rank_batch(global_batch: int, world_size: int) -> int:
     """Global batch is the knob; each rank takes an equal share."""
     if global_batch % world_size:

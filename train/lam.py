@@ -26,7 +26,6 @@ if __package__ in (None, ""):  # torchrun and `python train/lam.py` run this fil
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from model.fsq import FSQ
@@ -45,6 +44,7 @@ from train.common import (
     seed_everything,
     train_state,
     warmup_cosine,
+    wrap_for_training,
 )
 from train.config import Config, load_config, save_config
 from train.rollouts import rollout_validation
@@ -147,13 +147,7 @@ def main(cfg: Config) -> Path:
     if dist_info.is_main:
         save_config(cfg, run_dir / "config.yaml")
 
-    train_model = model
-    if dist_info.distributed:
-        train_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    if lt.compile and device.type == "cuda":
-        train_model = torch.compile(train_model)
+    train_model = wrap_for_training(model, dist_info, lt.compile)
     use_bf16 = lt.bf16 and device.type == "cuda"
     tokenizer = None  # the frozen decoder, loaded at the first validation
 

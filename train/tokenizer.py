@@ -22,7 +22,6 @@ if __package__ in (None, ""):  # `python train/tokenizer.py` and torchrun run th
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from model.fsq import code_counts, usage_from_counts
@@ -41,6 +40,7 @@ from train.common import (
     seed_everything,
     train_state,
     warmup_cosine,
+    wrap_for_training,
 )
 from train.config import Config, load_config, save_config
 from train.visuals import TensorBoard, save_image_grid
@@ -135,13 +135,7 @@ def main(cfg: Config) -> Path:
     if state is not None:
         generator.set_state(state["rng_of_rank"]["frames"])
 
-    train_model = model
-    if dist_info.distributed:
-        train_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    if tc.compile and device.type == "cuda":
-        train_model = torch.compile(train_model)
+    train_model = wrap_for_training(model, dist_info, tc.compile)
 
     tb = TensorBoard(run_dir / "tb", enabled=dist_info.is_main)
     bar = tqdm(
