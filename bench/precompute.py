@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from bench.timing import timed
+from bench.timing import interleaved, timed
 from ingest.config import RunOptions, build_config
 from ingest.pipeline import run_ingest
 from model.tokenizer import Tokenizer, to_float
@@ -147,17 +147,7 @@ def main() -> None:
         runs.update({f"precompute-{w}": run_precompute(w) for w in args.workers})
         encode_batches(tokenizer, batches[:1], device, bf16)  # warm-up: allocator, kernels
         load_before = os.getloadavg()[0]
-        measured: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
-        for r in range(args.repeats):
-            names = list(runs)
-            for name in names[r % len(names) :] + names[: r % len(names)]:  # rotated: load drift spreads
-                run = runs[name]()
-                measured[name].append(run)
-                print(
-                    f"  run {r + 1} {name:>13}: {run['frames']} frames in {run['seconds']:.2f}s "
-                    f"({run['frames'] / run['seconds']:,.1f}/s, {run['cpu_seconds']:.2f} CPU s)",
-                    flush=True,
-                )
+        measured = interleaved(runs, args.repeats, "frames", width=13)
 
         fps = {n: statistics.median(r["frames"] / r["seconds"] for r in rs) for n, rs in measured.items()}
         fpc = {n: statistics.median(r["frames"] / r["cpu_seconds"] for r in rs) for n, rs in measured.items()}

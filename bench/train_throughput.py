@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from bench.timing import sync, timed
+from bench.timing import interleaved, sync, timed
 from model.fsq import FSQ
 from model.zoo import build_model
 from shards.loader import ClipDataset, ClipLoader
@@ -254,17 +254,7 @@ def main() -> None:
         cache.next()
 
         load_before = os.getloadavg()[0]
-        measured: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
-        for r in range(args.repeats):
-            names = list(runs)
-            for name in names[r % len(names) :] + names[: r % len(names)]:  # rotated: load drift spreads
-                run = runs[name]()
-                measured[name].append(run)
-                print(
-                    f"  run {r + 1} {name:>10}: {run['samples']} samples in {run['seconds']:.3f}s "
-                    f"({run['samples'] / run['seconds']:,.1f}/s, {run['cpu_seconds']:.2f} CPU s)",
-                    flush=True,
-                )
+        measured = interleaved(runs, args.repeats, "samples", width=10)
 
         rate = {n: statistics.median(r["samples"] / r["seconds"] for r in rs) for n, rs in measured.items()}
         cpu_rate = {

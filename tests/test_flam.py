@@ -27,15 +27,7 @@ VARIANTS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _seed_one_thread():
-    """Seeded, single-threaded: these tensors are tiny, and intra-op threads only add contention (a 10x
-    slowdown on a busy 2-core machine)."""
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("seeded_one_thread")
 
 
 def features(b: int = B, t: int = T) -> torch.Tensor:
