@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import torch
@@ -44,3 +48,17 @@ def save_tokenizer(run_dir: Path, cfg: TokenizerConfig = TINY_TOKENIZER, seed: i
         }
     )
     return ckpts.latest
+
+
+def kill_run(proc: subprocess.Popen, marker: str) -> None:
+    """SIGKILL a torchrun launch and every worker it started: its process group, plus any process whose
+    command line names ``marker`` (torchrun's workers may sit in sessions of their own, and an orphaned
+    rank 0 would go on writing checkpoints)."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 30
+    while subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0:
+        subprocess.run(["pkill", "-KILL", "-f", marker], capture_output=True)
+        if time.time() > deadline:
+            raise RuntimeError(f"processes running {marker} survived SIGKILL")
+        time.sleep(0.1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -21,7 +20,7 @@ from train.common import load_checkpoint
 from train.config import load_config
 
 from .conftest import REPO
-from .helpers import ingest_multigrid, save_tokenizer
+from .helpers import ingest_multigrid, kill_run, save_tokenizer
 
 TINY_LAM = [
     "lam.dim=32",
@@ -167,8 +166,7 @@ def test_kill_and_resume_equals_uninterrupted(cache, tmp_path):
     while time.time() < deadline and not (killed / "ckpt" / "latest").exists():
         assert proc.poll() is None
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_run(proc, f"lam_train.run_dir={killed}")
     assert load_checkpoint(killed / "ckpt" / "latest")["step"] < 12
     # resume on ONE rank: the global batches do not depend on the world size
     train_lam.main(load_config(REPO / "configs/demo.yaml", args(killed)))

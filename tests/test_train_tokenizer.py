@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 
@@ -16,7 +15,7 @@ from train.common import load_checkpoint, load_tokenizer
 from train.config import load_config
 
 from .conftest import REPO
-from .helpers import ingest_multigrid
+from .helpers import ingest_multigrid, kill_run
 
 TINY = [
     "tokenizer.channels=[8,8,8]",
@@ -92,8 +91,7 @@ def test_torchrun_kill_and_resume_matches_uninterrupted_run(shards, tmp_path, py
     while time.time() < deadline and not (killed / "ckpt" / "latest").exists():
         assert proc.poll() is None
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks
-    proc.wait()
+    kill_run(proc, f"tokenizer_train.run_dir={killed}")
     step_at_kill = load_checkpoint(killed / "ckpt" / "latest")["step"]
     assert step_at_kill < 12
     subprocess.run(cmd(killed), cwd=REPO, check=True, capture_output=True, env=env)

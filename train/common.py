@@ -204,10 +204,15 @@ class Checkpoints:
         for path in files[: max(0, len(files) - self.keep_last)]:
             if path.resolve() not in keep:
                 path.unlink(missing_ok=True)
+
+    def clear_stale_temporaries(self) -> None:
+        """Drop half-written files of a killed run. Call once when a run starts, never while another
+        process may be saving into the same folder."""
         for tmp in self.dir.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
 
     def load_latest(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+        self.clear_stale_temporaries()
         if not self.latest.exists():
             return None
         return load_checkpoint(self.latest, map_location)
