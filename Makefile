@@ -30,11 +30,12 @@ demo: $(STAMP)  ## the whole job on a small MultiGrid set (ingest, tokenizer, to
 help:  ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements-eval-nodeps.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet $(TORCH_SPEC)
 	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --no-deps -r requirements-eval-nodeps.txt
 	@touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv, install torch (TORCH_SPEC, default torch==2.13.0) and this package [dev]
