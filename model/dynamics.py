@@ -86,7 +86,12 @@ class _SlotPairStack(nn.Module):
 
 
 class IDM(nn.Module):
-    """Inverse dynamics: (current slots [B, K, D], next slots [B, K, D]) -> (mu, logvar) [B, K, A]."""
+    """Inverse dynamics: (current slots [B, K, D], next slots [B, K, D]) -> (mu, logvar) [B, K, A].
+
+    ``pool=True`` (the monolithic baselines, whose K "slots" are the N patches of a frame): the row-2
+    outputs are averaged over tokens first, giving one scene-level latent [B, 1, A] (Genie's LAM).
+    ``gaussian=False``: a deterministic encoding (to be vector-quantised) and logvar None.
+    """
 
     def __init__(
         self,
@@ -96,20 +101,33 @@ class IDM(nn.Module):
         action_dim: int,
         coupling: str = "factored",
         dropout: float = 0.0,
+        pool: bool = False,
+        gaussian: bool = True,
     ) -> None:
         super().__init__()
+        self.pool, self.gaussian = pool, gaussian
         self.body = _SlotPairStack(dim, num_heads, depth, coupling, dropout)
         self.norm = nn.LayerNorm(dim)
-        self.to_posterior = nn.Linear(dim, 2 * action_dim)
+        self.to_posterior = nn.Linear(dim, (2 if gaussian else 1) * action_dim)
 
-    def forward(self, current: Tensor, next_slots: Tensor) -> tuple[Tensor, Tensor]:
-        mu, logvar = self.to_posterior(self.norm(self.body(current, next_slots))).chunk(2, dim=-1)
+    def forward(self, current: Tensor, next_slots: Tensor) -> tuple[Tensor, Tensor | None]:
+        h = self.body(current, next_slots)
+        if self.pool:
+            h = h.mean(dim=1, keepdim=True)  # [B, 1, D]
+        out = self.to_posterior(self.norm(h))
+        if not self.gaussian:
+            return out, None
+        mu, logvar = out.chunk(2, dim=-1)
         return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
 
 
 class FDM(nn.Module):
     """Forward dynamics: (current slots [B, K, D], latent actions [B, K, A]) -> predicted next slots
-    [B, K, D], in the factorizer's slot space (unnormalised residual stream)."""
+    [B, K, D], in the factorizer's slot space (unnormalised residual stream).
+
+    Actions [B, 1, A] broadcast over K (one scene-level action for every token). ``action_dim=0``
+    (SlotFormer): no actions, the next slots are predicted from the current ones alone.
+    """
 
     def __init__(
         self,
@@ -121,8 +139,10 @@ class FDM(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.action_embed = nn.Linear(action_dim, dim)
+        self.action_embed = nn.Linear(action_dim, dim) if action_dim else None
         self.body = _SlotPairStack(dim, num_heads, depth, coupling, dropout)
 
     def forward(self, current: Tensor, actions: Tensor) -> Tensor:
+        if self.action_embed is None:
+            return self.body(current, current)
         return self.body(current, current + self.action_embed(actions))

@@ -33,7 +33,8 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from model.blocks import CrossAttentionLayer, sincos_pos_embed
+from model.base import TokenWorldModel
+from model.blocks import CrossAttentionLayer
 from model.dynamics import COUPLINGS, FDM, IDM, gaussian_kl, reparameterize
 from model.slots import Factorizer
 
@@ -56,6 +57,13 @@ class LAMConfig:
     num_tokens: int = 256  # N = h * w tokens per frame
     max_frames: int = 32  # frames the factorizer's temporal attention can see (time embedding size)
     dropout: float = 0.0
+    # -- baselines (model/zoo.py); ignored by the models they do not concern --
+    vq_codes: int = 8  # Genie: codebook size (presets size it to the joint action count, appendix C.1)
+    vq_commitment: float = 0.25  # Genie: commitment loss weight
+    vq_restart_every: int = 100  # Genie: revive codes unused over this many steps
+    num_actions: int = 0  # World Model: ground-truth actions per actor (7 MultiGrid, 15 Procgen)
+    num_actors: int = 1  # World Model: actors with an action each step (MultiGrid agents; 1 for Procgen)
+    slot_pretrain_steps: int = 5000  # PlaySlot / SlotFormer: steps of the object-centric stage first
 
     def __post_init__(self) -> None:
         for name in ("dim", "num_heads", "depth", "num_slots", "slot_iters", "feature_dim", "num_tokens"):
@@ -80,6 +88,11 @@ class LAMConfig:
             raise ValueError(f"LAMConfig.max_frames must be >= 2, got {self.max_frames}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LAMConfig.dropout must be in [0, 1), got {self.dropout}")
+        for name in ("vq_codes", "vq_restart_every", "num_actors"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"LAMConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_actions < 0 or self.slot_pretrain_steps < 0:
+            raise ValueError("LAMConfig.num_actions and slot_pretrain_steps must be >= 0")
 
     @property
     def latent_action_dim(self) -> int:
@@ -103,7 +116,7 @@ class Aggregator(nn.Module):
         return x
 
 
-class FLAM(nn.Module):
+class FLAM(TokenWorldModel):
     """Factored latent action model. ``forward(batch) -> (loss, metrics)``; ``infer_actions``,
     ``sample_prior_actions`` and ``rollout`` for evaluation and controllable generation.
 
@@ -113,14 +126,19 @@ class FLAM(nn.Module):
       the T-1 steps. Summing over slots (the paper's sum over factors i = 1..K) makes it the KL of all
       D = K*A latent numbers, the same quantity a capacity-matched monolithic LAM (one latent of size D)
       puts under the same beta. ``kl_per_slot`` [K] is the per-slot term (``kl == kl_per_slot.sum()``).
+
+    Subclasses (``model/object_centric.py``) reuse everything: ``latent = "none"`` drops the IDM and the
+    latent actions (A = 0), ``_encode`` is the hook where slots can be frozen.
     """
 
+    latent = "gaussian"
+    has_slots = True
+    factored = True
+
     def __init__(self, cfg: LAMConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        d, a = cfg.dim, cfg.latent_action_dim
-        self.embed = nn.Linear(cfg.feature_dim, d)
-        self.pos_embed = nn.Parameter(sincos_pos_embed(cfg.num_tokens, d))  # learned, sin-cos init
+        super().__init__(cfg)
+        d = cfg.dim
+        a = self.action_dim
         self.factorizer = Factorizer(
             d,
             cfg.num_heads,
@@ -130,17 +148,14 @@ class FLAM(nn.Module):
             temporal=cfg.factorizer_temporal,
             dropout=cfg.dropout,
         )
-        self.idm = IDM(d, cfg.num_heads, cfg.depth, a, cfg.coupling, cfg.dropout)
+        self.idm = IDM(d, cfg.num_heads, cfg.depth, a, cfg.coupling, cfg.dropout) if a else None
         self.fdm = FDM(d, cfg.num_heads, cfg.depth, a, cfg.coupling, cfg.dropout)
         self.aggregator = Aggregator(d, cfg.num_heads, cfg.depth, cfg.dropout)
-        self.norm_out = nn.LayerNorm(d)
-        self.head = nn.Linear(d, cfg.feature_dim)
-        # Linear layers keep PyTorch's fan-in-scaled default init: a fixed std of 0.02 (GPT-style) made
-        # attention logits ~25x too small at the test widths (D=32) and stalled learning for hundreds of
-        # steps on a toy moving-sprites task; at D=256 the two are within 2x of each other.
-        # Zero head: the initial prediction is exactly the current frame (see the module docstring).
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+
+    @property
+    def action_dim(self) -> int:
+        """A per slot; 0 for a model without latent actions."""
+        return 0 if self.latent == "none" else self.cfg.latent_action_dim
 
     # -- training ------------------------------------------------------------------------------------
 
@@ -151,44 +166,40 @@ class FLAM(nn.Module):
         (share of token attention mass won by each slot; sums to 1), post_std (mean posterior std)."""
         features = batch["features"]
         out = self.predict(features, batch.get("noise"))
-        target = features[:, 1:].float()
-        pred_mse = (out["pred"].float() - target).square().mean()
+        errors = self.prediction_errors(out["pred"], features)
         kl_per_slot = gaussian_kl(out["mu"], out["logvar"]).mean(dim=(0, 1))  # [K]
         kl = kl_per_slot.sum()
-        loss = pred_mse + self.cfg.beta * kl
+        loss = errors["pred_mse"] + self.cfg.beta * kl
         metrics = {
             "loss": loss,
-            "pred_mse": pred_mse,
-            "copy_mse": (features[:, :-1].float() - target).square().mean(),
-            "kl": kl,
-            "kl_per_slot": kl_per_slot,
+            **errors,
             "slot_usage": out["attn"].float().mean(dim=(0, 1, 3)),
-            "post_std": (0.5 * out["logvar"].float()).exp().mean(),
         }
+        if self.action_dim:
+            metrics.update(
+                kl=kl, kl_per_slot=kl_per_slot, post_std=(0.5 * out["logvar"].float()).exp().mean()
+            )
         return loss, {k: v.detach() for k, v in metrics.items()}
 
-    def noise_shape(self, features: Tensor) -> tuple[int, ...]:
+    def noise_shape(self, features: Tensor) -> tuple[int, ...] | None:
         """Shape of the reparameterisation noise ``batch["noise"]`` for ``features`` [B, T, N, F]:
-        (B, T-1, K, A)."""
-        return (features.shape[0], features.shape[1] - 1, self.cfg.num_slots, self.cfg.latent_action_dim)
+        (B, T-1, K, A); None without latent actions."""
+        if not self.action_dim:
+            return None
+        return (features.shape[0], features.shape[1] - 1, self.cfg.num_slots, self.action_dim)
 
     def predict(self, features: Tensor, noise: Tensor | None = None) -> dict[str, Tensor]:
         """Teacher-forced one-step predictions of frames 1..T-1. features: [B, T, N, F] -> dict with
         pred [B, T-1, N, F]; mu, logvar, z [B, T-1, K, A]; slots [B, T, K, D]; attn [B, T, K, N];
         next_slots (the FDM's ŝ) [B, T-1, K, D]. z is sampled in training mode, the posterior mean in eval."""
         self._check_features(features, min_frames=2)
-        if self.cfg.factorizer_temporal and features.shape[1] > self.cfg.max_frames:
-            raise ValueError(
-                f"features have T={features.shape[1]} frames, more than max_frames={self.cfg.max_frames}"
-            )
         b = features.shape[0]
-        x = self._embed(features)
-        slots, attn = self.factorizer(x)
+        x, slots, attn = self._encode(features)
         current = rearrange(slots[:, :-1], "b t k d -> (b t) k d")  # fold the T-1 transitions into batch
-        mu, logvar = self.idm(current, rearrange(slots[:, 1:], "b t k d -> (b t) k d"))
+        mu, logvar = self._posterior(current, rearrange(slots[:, 1:], "b t k d -> (b t) k d"))
         if noise is not None:
             noise = rearrange(noise, "b t k a -> (b t) k a")
-        z = reparameterize(mu, logvar, sample=self.training, noise=noise)
+        z = reparameterize(mu, logvar, sample=self.training and self.action_dim > 0, noise=noise)
         next_slots = self.fdm(current, z)
         pred = self._decode(
             rearrange(x[:, :-1], "b t n d -> (b t) n d"),
@@ -201,13 +212,18 @@ class FLAM(nn.Module):
 
     # -- evaluation / generation ---------------------------------------------------------------------
 
-    def infer_actions(self, features: Tensor) -> Tensor:
+    def slots(self, features: Tensor) -> Tensor:
+        """The factorizer's slots, the state the dynamics run on. features [B, T, N, F] -> [B, T, K, D]."""
+        self._check_features(features, min_frames=1)
+        return self._encode(features)[1]
+
+    def infer_actions(self, features: Tensor, actions: Tensor | None = None) -> Tensor:
         """Posterior means of the latent actions. features: [B, T, N, F] -> z [B, T-1, K, A], where
-        z[:, t] drives the transition from frame t to frame t+1."""
+        z[:, t] drives the transition from frame t to frame t+1 (``actions``: unused, no ground truth)."""
         self._check_features(features, min_frames=2)
         b = features.shape[0]
-        slots, _ = self.factorizer(self._embed(features))
-        mu, _ = self.idm(
+        _, slots, _ = self._encode(features)
+        mu, _ = self._posterior(
             rearrange(slots[:, :-1], "b t k d -> (b t) k d"), rearrange(slots[:, 1:], "b t k d -> (b t) k d")
         )
         return rearrange(mu, "(b t) k a -> b t k a", b=b)
@@ -221,9 +237,9 @@ class FLAM(nn.Module):
     ) -> Tensor:
         """Latent actions drawn from the prior N(0, I): [batch_size, steps, K, A]. For controllable
         generation, replace one slot's column of ``infer_actions`` output with these and ``rollout``."""
-        shape = (batch_size, steps, self.cfg.num_slots, self.cfg.latent_action_dim)
+        shape = (batch_size, steps, self.cfg.num_slots, self.action_dim)
         device = device if device is not None else self.pos_embed.device
-        return torch.randn(shape, device=device, generator=generator)
+        return torch.randn(shape, generator=generator).to(device)
 
     def rollout(
         self, first: Tensor, actions: Tensor, snap: Callable[[Tensor], Tensor] | None = None
@@ -241,10 +257,7 @@ class FLAM(nn.Module):
         ``infer_actions`` inputs this equals ``predict``'s teacher-forced prediction of frame t0.
         """
         self._check_features(first, min_frames=1)
-        b = first.shape[0]
-        want = (b, self.cfg.num_slots, self.cfg.latent_action_dim)
-        if actions.ndim != 4 or (actions.shape[0], *actions.shape[2:]) != want:
-            raise ValueError(f"actions must be [{b}, n, {want[1]}, {want[2]}], got {tuple(actions.shape)}")
+        self._check_rollout_actions(actions, (first.shape[0], self.cfg.num_slots, self.action_dim))
         window = self.cfg.max_frames
         x = self._embed(first)
         history, _ = self.factorizer.bind_frames(x)  # per-frame slots before the temporal layer
@@ -267,23 +280,23 @@ class FLAM(nn.Module):
 
     # -- internals -----------------------------------------------------------------------------------
 
-    def _embed(self, features: Tensor) -> Tensor:
-        """[..., N, F] -> [..., N, D]."""
-        return self.embed(features) + self.pos_embed
+    def _encode(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """features [B, T, N, F] -> (tokens x [B, T, N, D], slots [B, T, K, D], attn [B, T, K, N])."""
+        if self.cfg.factorizer_temporal and features.shape[1] > self.cfg.max_frames:
+            raise ValueError(
+                f"features have T={features.shape[1]} frames, more than max_frames={self.cfg.max_frames}"
+            )
+        x = self._embed(features)
+        slots, attn = self.factorizer(x)
+        return x, slots, attn
+
+    def _posterior(self, current: Tensor, next_slots: Tensor) -> tuple[Tensor, Tensor]:
+        """IDM posterior (mu, logvar) [B, K, A]; empty [B, K, 0] tensors for a model without actions."""
+        if self.idm is None:
+            empty = current.new_zeros(*current.shape[:2], 0)
+            return empty, empty
+        return self.idm(current, next_slots)
 
     def _decode(self, x_t: Tensor, features_t: Tensor, next_slots: Tensor) -> Tensor:
         """Aggregator + head: x_t [B, N, D], features_t [B, N, F], ŝ_{t+1} [B, K, D] -> features [B, N, F]."""
-        return features_t + self.head(self.norm_out(self.aggregator(x_t, next_slots)))
-
-    def _check_features(self, features: Tensor, min_frames: int) -> None:
-        n, f = self.cfg.num_tokens, self.cfg.feature_dim
-        if (
-            not features.is_floating_point()
-            or features.ndim != 4
-            or tuple(features.shape[2:]) != (n, f)
-            or features.shape[1] < min_frames
-        ):
-            raise ValueError(
-                f"features must be float [B, T>={min_frames}, {n}, {f}] (N = num_tokens, F = feature_dim), "
-                f"got {features.dtype} {tuple(features.shape)}"
-            )
+        return self._predict_features(features_t, self.aggregator(x_t, next_slots))

@@ -62,3 +62,23 @@ def kill_run(proc: subprocess.Popen, marker: str) -> None:
         if time.time() > deadline:
             raise RuntimeError(f"processes running {marker} survived SIGKILL")
         time.sleep(0.1)
+
+
+def moving_objects(
+    num_clips: int = 8, t: int = 6, grid: int = 4, seed: int = 0, with_velocities: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Two single-token "sprites" (distinct FSQ vectors) on a zero background, each moving with its own
+    constant velocity in {-1, 0, 1}^2 (wrapping around) on a grid x grid token map: [clips, t, grid^2, 5].
+    ``with_velocities``: also each sprite's velocity as an action in [0, 9), int [clips, t, 2]."""
+    gen = torch.Generator().manual_seed(seed)
+    sprites = torch.tensor([[-1.0, 0.5, -1.0, 0.5, -1.0], [0.5, -1.0, 0.5, -1.0, 0.5]])
+    out = torch.zeros(num_clips, t, grid * grid, 5)
+    velocities = torch.zeros(num_clips, t, 2, dtype=torch.long)
+    steps = torch.arange(t)[:, None]
+    for c in range(num_clips):
+        for i, sprite in enumerate(sprites):
+            pos, vel = torch.randint(0, grid, (2,), generator=gen), torch.randint(-1, 2, (2,), generator=gen)
+            yx = (pos + steps * vel) % grid  # [t, 2]
+            out[c, torch.arange(t), yx[:, 0] * grid + yx[:, 1]] = sprite
+            velocities[c, :, i] = (vel[0] + 1) * 3 + (vel[1] + 1)
+    return (out, velocities) if with_velocities else out

@@ -16,6 +16,8 @@ from model.flam import FLAM, Aggregator, LAMConfig
 from model.fsq import FSQ
 from model.slots import Factorizer, SlotAttention
 
+from .helpers import moving_objects
+
 B, T, N, F = 2, 5, 16, 5
 TINY = LAMConfig(
     dim=32, num_heads=4, depth=1, num_slots=3, slot_iters=2, action_dim=8, num_tokens=N, max_frames=8
@@ -308,21 +310,6 @@ def test_forward_traces_without_graph_breaks() -> None:
 
 
 # -- learning ------------------------------------------------------------------------------------------
-
-
-def moving_objects(num_clips: int = 8, t: int = 6, grid: int = 4, seed: int = 0) -> torch.Tensor:
-    """Two single-token "sprites" (distinct FSQ vectors) on a zero background, each moving with its own
-    constant velocity in {-1, 0, 1}^2 (wrapping around) on a grid x grid token map: [clips, t, grid^2, 5]."""
-    gen = torch.Generator().manual_seed(seed)
-    sprites = torch.tensor([[-1.0, 0.5, -1.0, 0.5, -1.0], [0.5, -1.0, 0.5, -1.0, 0.5]])
-    out = torch.zeros(num_clips, t, grid * grid, F)
-    steps = torch.arange(t)[:, None]
-    for c in range(num_clips):
-        for sprite in sprites:
-            pos, vel = torch.randint(0, grid, (2,), generator=gen), torch.randint(-1, 2, (2,), generator=gen)
-            yx = (pos + steps * vel) % grid  # [t, 2]
-            out[c, torch.arange(t), yx[:, 0] * grid + yx[:, 1]] = sprite
-    return out
 
 
 def test_tiny_flam_learns_moving_sprites() -> None:

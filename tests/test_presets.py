@@ -26,3 +26,17 @@ def test_paper_table5_values():
     assert load_config(REPO / "configs/bigfish.yaml").lam.num_slots == 16
     nuplan = load_config(REPO / "configs/nuplan.yaml")
     assert (nuplan.lam.depth, nuplan.lam.num_slots, nuplan.tokenizer.arch) == (3, 16, "magvit")
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_builds_every_baseline_it_supports(name):
+    """Every model of the zoo builds from every preset; the World Model only where there are actions."""
+    from model.zoo import MODELS, build_model
+
+    cfg = load_config(REPO / "configs" / f"{name}.yaml")
+    for model in MODELS:
+        if model == "world_model" and cfg.data.dataset == "nuplan":
+            with pytest.raises(ValueError, match="num_actions"):
+                build_model(model, cfg.lam)
+            continue
+        build_model(model, cfg.lam)

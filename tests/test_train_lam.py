@@ -96,12 +96,39 @@ def test_single_process_trains_validates_and_writes_a_video(cache, tmp_path):
     assert state["kind"] == "lam" and state["data"]["global_samples"] == 16
 
 
+BASELINES = ["genie", "adaworld", "world_model", "playslot", "slotformer", "flam_no_temporal", "flam_global"]
+
+
+@pytest.mark.parametrize("model", BASELINES)
+def test_every_baseline_trains_and_validates_through_the_same_loop(cache, tmp_path, model):
+    extra = ("lam_train.val_every=3", f"model={model}", "lam.slot_pretrain_steps=2")
+    train_lam.main(load_config(REPO / "configs/demo.yaml", overrides(cache, tmp_path, 3, *extra)))
+    state = load_checkpoint(tmp_path / "ckpt" / "latest")
+    assert state["step"] == 3 and state["config"]["model"] == model
+    assert [p.name for p in (tmp_path / "videos").iterdir()] == ["step-0000003.gif"]
+
+
+def test_world_model_is_refused_on_a_dataset_without_actions(cache, tmp_path):
+    root, ckpt = cache
+    copy = tmp_path / "data"
+    shutil.copytree(root / "multigrid", copy / "multigrid")
+    for actions in (copy / "multigrid" / "tokens").rglob("actions.npy"):  # as a nuPlan cache: no actions
+        actions.unlink()
+    args = [*overrides(cache, tmp_path / "run", 2), f"data.root={copy}", "model=world_model"]
+    with pytest.raises(ValueError, match="simulators only"):
+        train_lam.main(load_config(REPO / "configs/demo.yaml", args))
+
+
+# FLAM; Genie (VQ usage all-reduced, restarts drawn from the all-gathered global batch); PlaySlot (the
+# stage switch, DDP with unused parameters).
 @pytest.mark.torchrun
-def test_two_ranks_equal_one_process_with_the_same_global_batch(cache, tmp_path):
-    cfg = load_config(REPO / "configs/demo.yaml", overrides(cache, tmp_path / "one", 3))
+@pytest.mark.parametrize("model", ["flam", "genie", "playslot"])
+def test_two_ranks_equal_one_process_with_the_same_global_batch(cache, tmp_path, model):
+    extra = (f"model={model}", "lam.slot_pretrain_steps=2", "lam.vq_restart_every=2")
+    cfg = load_config(REPO / "configs/demo.yaml", overrides(cache, tmp_path / "one", 3, *extra))
     train_lam.main(cfg)
     subprocess.run(
-        torchrun(overrides(cache, tmp_path / "two", 3), extra=["--standalone"]),
+        torchrun(overrides(cache, tmp_path / "two", 3, *extra), extra=["--standalone"]),
         cwd=REPO,
         check=True,
         capture_output=True,

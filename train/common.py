@@ -70,7 +70,9 @@ def wrap_for_training(model: torch.nn.Module, dist_info: DistInfo, compile: bool
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
-        wrapped = DistributedDataParallel(model, device_ids=ids)
+        # Staged models (PlaySlot, SlotFormer) leave one stage's parameters without gradients.
+        find_unused = getattr(model, "has_unused_parameters", False)
+        wrapped = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
     if compile and dist_info.device.type == "cuda":
         wrapped = torch.compile(wrapped)
     return wrapped

@@ -124,6 +124,11 @@ def main(cfg: Config) -> Path:
         )
 
     model = build_model(cfg.model, cfg.lam).to(device)
+    if model.needs_actions and "actions" not in windows[0]:
+        raise ValueError(
+            f"model={cfg.model} trains on ground-truth actions, and dataset {cfg.data.dataset} has none in its "
+            "token cache (nuPlan has no actions: the World Model baseline is for the simulators only)"
+        )
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=lt.lr, betas=tuple(lt.betas), weight_decay=lt.weight_decay
     )
@@ -183,7 +188,9 @@ def main(cfg: Config) -> Path:
         items = [windows[int(i)] for i in batches.indices(step, rank, world)]
         batch = {k: v.to(device, non_blocking=True) for k, v in collate(items).items()}
         batch["features"] = to_features(batch.pop("codes"), fsq)  # [b, T, N, F]
-        batch["noise"] = step_noise(cfg, step, model.noise_shape(batch["features"]), rank, world).to(device)
+        noise_shape = model.noise_shape(batch["features"])
+        if noise_shape is not None:
+            batch["noise"] = step_noise(cfg, step, noise_shape, rank, world).to(device)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
             loss, metrics = train_model(batch)
         optimizer.zero_grad(set_to_none=True)
@@ -199,7 +206,7 @@ def main(cfg: Config) -> Path:
             scalars = {f"train/{k}": float(v) for k, v in metrics.items() if v.ndim == 0}
             scalars["train/grad_norm"] = float(grad_norm)
             scalars = all_reduce_mean(scalars, device)
-            for name in ("kl_per_slot", "slot_usage"):
+            for name in ("kl_per_slot", "slot_usage"):  # per-slot vectors of the slot models
                 if name in metrics:
                     scalars.update({f"{name}/slot{k}": float(v) for k, v in enumerate(metrics[name])})
             scalars["lr"] = scheduler.get_last_lr()[0]

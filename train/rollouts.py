@@ -35,15 +35,17 @@ def rollout_frames(
     features: torch.Tensor,
     grid: tuple[int, int],
     actions: torch.Tensor | None = None,
+    gt_actions: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Roll out frames 1..T-1 of ``features`` [B, T, N, F] from frame 0.
 
-    ``actions`` [B, T-1, K, A] defaults to the model's inference from the ground truth. Returns
+    ``actions`` [B, T-1, K, A] defaults to the model's inference from the ground truth (``gt_actions``,
+    the clip's recorded actions [B, T(, M)], are what the World Model's "inference" reads). Returns
     ``pred`` and ``target`` (decoded ground-truth codes) frames [B, T-1, 3, H, W] in [-1, 1] and the
     predicted features [B, T-1, N, F].
     """
     if actions is None:
-        actions = model.infer_actions(features)
+        actions = model.infer_actions(features, gt_actions)
     pred_features = model.rollout(features[:, :1], actions, snap=fsq.snap)
     return {
         "pred": decode_features(tokenizer, pred_features, grid),
@@ -89,11 +91,13 @@ def rollout_validation(
     except ValueError:
         return {}
     picks = evenly_spaced(len(windows), lt.val_clips)
-    codes = torch.stack([windows[i]["codes"] for i in picks]).to(device)
+    items = [windows[i] for i in picks]
+    codes = torch.stack([item["codes"] for item in items]).to(device)
+    gt_actions = torch.stack([item["actions"] for item in items]).to(device) if "actions" in items[0] else None
     features = fsq.indices_to_codes(codes).flatten(2, 3)
     was_training = model.training
     model.eval()
-    out = rollout_frames(model, tokenizer, fsq, features, cache.info.grid)
+    out = rollout_frames(model, tokenizer, fsq, features, cache.info.grid, gt_actions=gt_actions)
     model.train(was_training)
     p = psnr(to_unit(out["pred"]), to_unit(out["target"])).clamp(max=100)  # [B, n]
     s = ssim(to_unit(out["pred"]), to_unit(out["target"]))

@@ -1,0 +1,87 @@
+"""What every world model on cached tokens shares: the feature embedding in, the prediction head out, and
+the interface the trainer and the evaluation call.
+
+Shapes: B batch, T time, N tokens per frame, F = FSQ width (``cfg.feature_dim``), D model width.
+
+Every model predicts the next frame's FSQ features as ``features_t + head(LN(x̂_{t+1}))`` with a zero-
+initialised head, so an untrained model predicts "copy the last frame" and the latents only have to carry
+what changes. The interface (see ``model/zoo.py``):
+
+- ``forward(batch) -> (loss, metrics)`` on ``batch["features"]`` [B, T, N, F] (+ ``batch["noise"]`` shaped
+  ``noise_shape(features)`` for models with a sampled latent, + ``batch["actions"]`` for models driven by
+  ground-truth actions);
+- ``infer_actions(features, actions=None)`` -> [B, T-1, K', A'] whatever drives a transition (K' = 1 for a
+  scene-level latent, K slots for factored ones, A' = 0 for a model without actions);
+- ``rollout(first, actions, snap)`` -> predicted features [B, n, N, F];
+- ``sample_prior_actions(batch_size, steps, generator=...)`` -> [B, n, K', A'] drawn from the model's prior.
+
+Class attributes say what a model has, so evaluation knows which tables and figures apply.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from model.blocks import sincos_pos_embed
+
+
+class TokenWorldModel(nn.Module):
+    latent: str = "gaussian"  # what drives a transition: "gaussian" | "vq" | "actions" | "none"
+    needs_actions: bool = False  # forward/infer_actions need ground-truth actions (World Model)
+    has_slots: bool = False  # ``slots(features)`` exists (DCI probe)
+    factored: bool = False  # one latent action per slot (controllable generation of one entity)
+    has_unused_parameters: bool = False  # staged training: DDP must look for parameters without grads
+
+    def __init__(self, cfg) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dim
+        self.embed = nn.Linear(cfg.feature_dim, d)
+        self.pos_embed = nn.Parameter(sincos_pos_embed(cfg.num_tokens, d))  # learned, sin-cos init
+        self.norm_out = nn.LayerNorm(d)
+        self.head = nn.Linear(d, cfg.feature_dim)
+        # Zero head: the initial prediction is exactly the current frame. Other Linear layers keep
+        # PyTorch's fan-in-scaled default init (a fixed std of 0.02 stalled learning at small widths).
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def noise_shape(self, features: Tensor) -> tuple[int, ...] | None:
+        """Shape of ``batch["noise"]`` (the reparameterisation eps) for ``features``; None: no noise."""
+        return None
+
+    def _embed(self, features: Tensor) -> Tensor:
+        """[..., N, F] -> [..., N, D]."""
+        return self.embed(features) + self.pos_embed
+
+    def _predict_features(self, features_t: Tensor, x_next: Tensor) -> Tensor:
+        """features_t [..., N, F] + predicted next-frame tokens x̂ [..., N, D] -> features [..., N, F]."""
+        return features_t + self.head(self.norm_out(x_next))
+
+    def _check_features(self, features: Tensor, min_frames: int) -> None:
+        n, f = self.cfg.num_tokens, self.cfg.feature_dim
+        if (
+            not features.is_floating_point()
+            or features.ndim != 4
+            or tuple(features.shape[2:]) != (n, f)
+            or features.shape[1] < min_frames
+        ):
+            raise ValueError(
+                f"features must be float [B, T>={min_frames}, {n}, {f}] (N = num_tokens, F = feature_dim), "
+                f"got {features.dtype} {tuple(features.shape)}"
+            )
+
+    @staticmethod
+    def _check_rollout_actions(actions: Tensor, want: tuple[int, int, int]) -> None:
+        b, k, a = want
+        if actions.ndim != 4 or (actions.shape[0], *actions.shape[2:]) != want:
+            raise ValueError(f"actions must be [{b}, n, {k}, {a}], got {tuple(actions.shape)}")
+
+    @staticmethod
+    def prediction_errors(pred: Tensor, features: Tensor) -> dict[str, Tensor]:
+        """pred [B, T-1, N, F] vs features [B, T, N, F]: pred_mse and copy_mse (the last-frame-copy
+        baseline), means over every element."""
+        target = features[:, 1:].float()
+        return {
+            "pred_mse": (pred.float() - target).square().mean(),
+            "copy_mse": (features[:, :-1].float() - target).square().mean(),
+        }

@@ -1,0 +1,230 @@
+"""Monolithic baselines (paper section 5): one scene-level action drives the whole frame.
+
+Shapes: B batch, T time, N tokens per frame, F FSQ width, D width, A = K * (FLAM's per-slot size): the one
+latent has the same number of numbers as FLAM's K latents together (the paper's capacity matching: "a
+single latent action of dimension d" against "factor-wise latent actions of dimension d/K").
+
+The state is the frame's N patch tokens (no factorizer). IDM and FDM are the same Genie spatio-temporal
+stacks FLAM uses (``model/dynamics.py``), here over patches with every row attending spatially (the plain
+Genie block, ``coupling="global"``):
+
+    x_t = embed(features_t)                                                 [B, N, D]
+    IDM: (x_t, x_{t+1}) -> row-2 outputs averaged over the N tokens -> one latent   [B, 1, A]
+    FDM: rows (x_t, x_t + W a_t) -> row-2 outputs = x̂_{t+1}                  [B, N, D]
+    pred = features_t + head(LN x̂_{t+1})
+
+What differs between the three is only what ``a_t`` is:
+- ``Genie``: the IDM encoding, vector-quantised (``model/vq.py``: codebook, commitment loss, dead-code
+  restarts). Loss = prediction MSE + VQ loss.
+- ``AdaWorld``: a Gaussian posterior with the reparameterisation trick. Loss = MSE + beta * KL (the KL of
+  all A numbers, the same quantity FLAM's slot-summed KL is).
+- ``WorldModel``: no IDM; the ground-truth action of every actor at t as one monolithic action token: the
+  concatenated one-hots of the ``num_actors`` actions, embedded by the FDM's linear action embedding
+  (the paper: "we follow the standard practice of treating them as a single monolithic action token").
+  Needs ``batch["actions"]`` (int [B, T] or [B, T, num_actors]); datasets without actions are refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor
+
+from model.base import TokenWorldModel
+from model.dynamics import FDM, IDM, gaussian_kl, reparameterize
+from model.vq import VectorQuantizer
+
+
+class SceneLAM(TokenWorldModel):
+    """The shared body of Genie, AdaWorld and World Model (see the module docstring)."""
+
+    factored = False
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        d, a = cfg.dim, self.action_dim
+        if self.latent in ("gaussian", "vq"):
+            gaussian = self.latent == "gaussian"
+            self.idm = IDM(
+                d, cfg.num_heads, cfg.depth, a, "global", cfg.dropout, pool=True, gaussian=gaussian
+            )
+        self.fdm = FDM(d, cfg.num_heads, cfg.depth, a, "global", cfg.dropout)
+
+    @property
+    def action_dim(self) -> int:
+        """A: the size of the one scene-level action vector."""
+        return self.cfg.num_slots * self.cfg.latent_action_dim
+
+    # -- training ------------------------------------------------------------------------------------
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """batch["features"] [B, T, N, F] (+ "noise" [B, T-1, 1, A] for AdaWorld, "actions" for World
+        Model) -> (loss, detached metrics: loss, pred_mse, copy_mse and the latent's own terms)."""
+        features = batch["features"]
+        self._check_features(features, min_frames=2)
+        b = features.shape[0]
+        x = self._embed(features)
+        current = rearrange(x[:, :-1], "b t n d -> (b t) n d")
+        actions, latent_loss, extra = self._transition_latents(x, current, batch)
+        pred = self._predict_features(
+            rearrange(features[:, :-1], "b t n f -> (b t) n f"), self.fdm(current, actions)
+        )
+        errors = self.prediction_errors(rearrange(pred, "(b t) n f -> b t n f", b=b), features)
+        loss = errors["pred_mse"] + latent_loss
+        metrics = {"loss": loss, **errors, **extra}
+        return loss, {k: v.detach() for k, v in metrics.items()}
+
+    def _transition_latents(
+        self, x: Tensor, current: Tensor, batch: dict[str, Tensor]
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """-> (actions [(B T-1), 1, A], the latent's loss term, its metrics)."""
+        raise NotImplementedError
+
+    # -- evaluation / generation ---------------------------------------------------------------------
+
+    def rollout(
+        self, first: Tensor, actions: Tensor, snap: Callable[[Tensor], Tensor] | None = None
+    ) -> Tensor:
+        """first [B, t0, N, F] (the last frame is the state: the FDM is Markov in the frame), actions
+        [B, n, 1, A] -> predicted features [B, n, N, F]; ``snap`` as in ``FLAM.rollout``."""
+        self._check_features(first, min_frames=1)
+        self._check_rollout_actions(actions, (first.shape[0], 1, self.action_dim))
+        f_t, preds = first[:, -1], []
+        for i in range(actions.shape[1]):
+            f_t = self._predict_features(f_t, self.fdm(self._embed(f_t), actions[:, i]))
+            if snap is not None:
+                f_t = snap(f_t)
+            preds.append(f_t)
+        return torch.stack(preds, dim=1)
+
+    def _idm_pairs(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """features [B, T, N, F] -> (x_t, x_{t+1}) [(B T-1), N, D]."""
+        x = self._embed(features)
+        return (
+            rearrange(x[:, :-1], "b t n d -> (b t) n d"),
+            rearrange(x[:, 1:], "b t n d -> (b t) n d"),
+        )
+
+
+class AdaWorld(SceneLAM):
+    """One scene-level latent action, VAE-regularised (Gao et al. 2025)."""
+
+    latent = "gaussian"
+
+    def noise_shape(self, features: Tensor) -> tuple[int, ...]:
+        return (features.shape[0], features.shape[1] - 1, 1, self.action_dim)
+
+    def _transition_latents(self, x, current, batch):
+        mu, logvar = self.idm(current, rearrange(x[:, 1:], "b t n d -> (b t) n d"))  # [(B T-1), 1, A]
+        noise = batch.get("noise")
+        if noise is not None:
+            noise = rearrange(noise, "b t k a -> (b t) k a")
+        z = reparameterize(mu, logvar, sample=self.training, noise=noise)
+        kl = gaussian_kl(mu, logvar).mean()
+        return z, self.cfg.beta * kl, {"kl": kl, "post_std": (0.5 * logvar.float()).exp().mean()}
+
+    def infer_actions(self, features: Tensor, actions: Tensor | None = None) -> Tensor:
+        """Posterior means [B, T-1, 1, A]."""
+        self._check_features(features, min_frames=2)
+        mu, _ = self.idm(*self._idm_pairs(features))
+        return rearrange(mu, "(b t) k a -> b t k a", b=features.shape[0])
+
+    def sample_prior_actions(self, batch_size, steps, device=None, generator=None) -> Tensor:
+        """N(0, I) draws [B, n, 1, A]."""
+        device = device if device is not None else self.pos_embed.device
+        return torch.randn((batch_size, steps, 1, self.action_dim), generator=generator).to(device)
+
+
+class Genie(SceneLAM):
+    """One scene-level latent action, vector-quantised (Bruce et al. 2024)."""
+
+    latent = "vq"
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        self.vq = VectorQuantizer(
+            cfg.vq_codes, self.action_dim, commitment=cfg.vq_commitment, restart_every=cfg.vq_restart_every
+        )
+
+    def _transition_latents(self, x, current, batch):
+        z_e, _ = self.idm(current, rearrange(x[:, 1:], "b t n d -> (b t) n d"))
+        z_q, indices, vq_loss = self.vq(z_e)
+        metrics = {
+            "vq_loss": vq_loss,
+            "perplexity": self.vq.perplexity(indices),
+            "codes_used": (torch.bincount(indices.flatten(), minlength=self.vq.num_codes) > 0).float().sum(),
+        }
+        return z_q, vq_loss, metrics
+
+    def infer_actions(self, features: Tensor, actions: Tensor | None = None) -> Tensor:
+        """The quantised codes [B, T-1, 1, A] (use ``action_indices`` for their codebook indices)."""
+        return self.vq.lookup(self.action_indices(features))
+
+    def action_indices(self, features: Tensor) -> Tensor:
+        """Codebook index of every transition: int64 [B, T-1, 1]."""
+        self._check_features(features, min_frames=2)
+        z_e, _ = self.idm(*self._idm_pairs(features))
+        indices = self.vq.nearest(z_e.reshape(-1, z_e.shape[-1]))
+        return rearrange(indices, "(b t k) -> b t k", b=features.shape[0], k=1)
+
+    def sample_prior_actions(self, batch_size, steps, device=None, generator=None) -> Tensor:
+        """Uniformly drawn codes [B, n, 1, A]."""
+        indices = torch.randint(self.vq.num_codes, (batch_size, steps, 1), generator=generator)
+        return self.vq.lookup(indices.to(self.vq.codebook.device)).detach()
+
+
+class WorldModel(SceneLAM):
+    """Forward dynamics driven by the ground-truth actions (no IDM)."""
+
+    latent = "actions"
+    needs_actions = True
+
+    def __init__(self, cfg) -> None:
+        if cfg.num_actions < 1:
+            raise ValueError(
+                "world_model needs lam.num_actions (ground-truth actions per actor: 7 for MultiGrid, 15 for "
+                "Procgen) and lam.num_actors; the simulator presets in configs/ set them"
+            )
+        super().__init__(cfg)
+
+    @property
+    def action_dim(self) -> int:
+        """A: the concatenated one-hots of every actor's action."""
+        return self.cfg.num_actors * self.cfg.num_actions
+
+    def _transition_latents(self, x, current, batch):
+        if "actions" not in batch:
+            raise ValueError(
+                "world_model needs batch['actions'] (ground-truth actions); this dataset's token cache has "
+                "none (nuPlan has no actions: use a latent action model there)"
+            )
+        a = rearrange(self.infer_actions(batch["features"], batch["actions"]), "b t k a -> (b t) k a")
+        return a, a.new_zeros(()), {}
+
+    def infer_actions(self, features: Tensor, actions: Tensor | None = None) -> Tensor:
+        """Ground-truth actions int [B, T] or [B, T, num_actors] (actions[:, t] moves frame t to t+1; the
+        last one is unused) -> one-hot action tokens [B, T-1, 1, num_actors * num_actions]."""
+        if actions is None:
+            raise ValueError("world_model infers nothing: pass the clip's ground-truth actions")
+        b, t = features.shape[:2]
+        actions = actions.reshape(b, actions.shape[1], -1)[:, : t - 1]  # [B, T-1, actors]
+        actors, n = self.cfg.num_actors, self.cfg.num_actions
+        if actions.shape[1:] != (t - 1, actors) or actions.min() < 0 or actions.max() >= n:
+            raise ValueError(
+                f"world_model expects actions int [B, >={t - 1}, {actors}] in [0, {n}) "
+                f"(lam.num_actors, lam.num_actions), got {tuple(actions.shape)} with values in "
+                f"[{int(actions.min())}, {int(actions.max())}]"
+            )
+        one_hot = F.one_hot(actions.long(), n).to(features.dtype)  # [B, T-1, actors, n]
+        return rearrange(one_hot, "b t m n -> b t 1 (m n)")
+
+    def sample_prior_actions(self, batch_size, steps, device=None, generator=None) -> Tensor:
+        """Uniformly random ground-truth actions as one-hot tokens [B, n, 1, num_actors * num_actions]."""
+        shape = (batch_size, steps, self.cfg.num_actors)
+        actions = torch.randint(self.cfg.num_actions, shape, generator=generator)
+        one_hot = F.one_hot(actions, self.cfg.num_actions).float()
+        device = device if device is not None else self.pos_embed.device
+        return rearrange(one_hot, "b t m n -> b t 1 (m n)").to(device)
