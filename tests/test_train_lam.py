@@ -109,7 +109,7 @@ def test_every_baseline_trains_and_validates_through_the_same_loop(cache, tmp_pa
 
 
 def test_world_model_is_refused_on_a_dataset_without_actions(cache, tmp_path):
-    root, ckpt = cache
+    root, _ = cache
     copy = tmp_path / "data"
     shutil.copytree(root / "multigrid", copy / "multigrid")
     for actions in (copy / "multigrid" / "tokens").rglob("actions.npy"):  # as a nuPlan cache: no actions

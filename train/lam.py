@@ -126,8 +126,8 @@ def main(cfg: Config) -> Path:
     model = build_model(cfg.model, cfg.lam).to(device)
     if model.needs_actions and "actions" not in windows[0]:
         raise ValueError(
-            f"model={cfg.model} trains on ground-truth actions, and dataset {cfg.data.dataset} has none in its "
-            "token cache (nuPlan has no actions: the World Model baseline is for the simulators only)"
+            f"model={cfg.model} trains on ground-truth actions, and dataset {cfg.data.dataset} has none in "
+            "its token cache (nuPlan has no actions: the World Model baseline is for the simulators only)"
         )
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=lt.lr, betas=tuple(lt.betas), weight_decay=lt.weight_decay

@@ -93,7 +93,9 @@ def rollout_validation(
     picks = evenly_spaced(len(windows), lt.val_clips)
     items = [windows[i] for i in picks]
     codes = torch.stack([item["codes"] for item in items]).to(device)
-    gt_actions = torch.stack([item["actions"] for item in items]).to(device) if "actions" in items[0] else None
+    gt_actions = None
+    if "actions" in items[0]:
+        gt_actions = torch.stack([item["actions"] for item in items]).to(device)
     features = fsq.indices_to_codes(codes).flatten(2, 3)
     was_training = model.training
     model.eval()
