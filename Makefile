@@ -21,8 +21,10 @@ TOKENIZER   ?= runs/tok-$(DATASET)/ckpt/latest
 LAUNCH       = $(if $(filter 1,$(NPROC)),$(PY),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC))
 
 .DEFAULT_GOAL := help
-.PHONY: help demo setup test test-all lint format ingest tokenizer precompute train bench-ingest bench-loader clean-data
+.PHONY: help demo setup test test-all lint format ingest tokenizer precompute train evaluate compare bench-ingest bench-loader clean-data
 MODEL       ?= flam
+BRIEF       ?= 1
+RUNS        ?=
 
 demo: $(STAMP)  ## the whole job on a small MultiGrid set (ingest, tokenizer, tokens, FLAM, report), CPU ok
 	$(PY) train/demo.py --config configs/demo.yaml $(ARGS)
@@ -68,6 +70,12 @@ precompute: $(STAMP)  ## encode DATASET's shards with TOKENIZER into the token c
 
 train: $(STAMP)  ## train MODEL (flam, ...) on DATASET's token cache (NPROC= CONFIG= ARGS=)
 	$(LAUNCH) train/lam.py --config $(CONFIG) model=$(MODEL) data.root=$(OUT) $(ARGS)
+
+evaluate: $(STAMP)  ## score trained runs against ground truth: Table 1, DCI, videos (RUNS="runs/a runs/b" ARGS=)
+	$(PY) train/evaluate.py --runs $(RUNS) $(ARGS)
+
+compare: $(STAMP)  ## train all six models on DATASET, then Table 1 (BRIEF=1: CPU minutes; BRIEF=0: full preset, NPROC GPUs)
+	$(PY) train/compare.py --config $(CONFIG) $(if $(filter 1,$(BRIEF)),--brief) --nproc $(NPROC) $(ARGS)
 
 bench-loader: $(STAMP)  ## loader clips/s vs a bare decord loop over the same shards
 	$(PY) bench/loader.py
