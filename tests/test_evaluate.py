@@ -135,6 +135,8 @@ def test_table1_layout_average_and_na():
     assert "| bigfish | PSNR (↑) | **30.00** | 24.00 | 34.00 |" in text
     assert "| nuplan | PSNR (↑) | **20.00** | N/A | 22.00 |" in text
     assert "LPIPS" not in text  # skipped everywhere: no row
+    tie = table1({"leaper": {"rows": {"FLAM": rows(30.0), "Genie": rows(30.0), "Recon": rows(31.0)}}})
+    assert "**" not in tie  # all models tie: nothing is best
     dci = {"FLAM": {"disentanglement": 0.9, "completeness": 0.8, "informativeness": 0.7}}
     dci["Random"] = {"disentanglement": 0.3, "completeness": 0.3, "informativeness": 0.1}
     assert table2_dci(dci).splitlines()[2] == "| D (↑) | 0.90 | 0.30 |"

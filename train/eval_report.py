@@ -65,7 +65,8 @@ def table1(results: dict[str, dict]) -> str:
             present = [v for lab, v in values.items() if lab != "Recon" and v is not None]
             if not present and values["Recon"] is None:
                 continue  # a metric skipped everywhere (e.g. LPIPS without a backbone)
-            best = (max if higher else min)(present) if present else None
+            # bold the best, unless every model ties (e.g. a collapsed tokenizer makes all rows equal)
+            best = (max if higher else min)(present) if len(set(present)) > 1 else None
             cells = [_cell(values[lab], fmt, values[lab] == best and lab != "Recon") for lab in header[2:]]
             lines.append(f"| {dataset if i == 0 else ''} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

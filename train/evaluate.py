@@ -317,10 +317,16 @@ def write_reports(results: dict[str, dict], out_dir: Path) -> None:
             f"{r['rollout_steps']}-step autoregressive rollouts scored against real frames; Recon = the "
             f"tokenizer's reconstruction of the same frames; video: `{r['video']}`."
         )
-        copy = r["rows"].get("Copy", {})
+        copy, recon = r["rows"].get("Copy", {}), r["rows"].get("Recon", {})
         if copy:
             lines.append(
                 f"  Floor (last context frame held): PSNR {copy['psnr']:.2f}, SSIM {copy['ssim']:.3f}."
+            )
+        if copy and recon and recon["psnr"] <= copy["psnr"]:
+            lines.append(
+                "  **Warning:** the tokenizer's reconstruction (Recon) is no better than holding the last "
+                "frame: the tokenizer has not learned this data, so differences between models mean "
+                "nothing. Train it longer (tokenizer_train.steps) and check its image grids."
             )
         for metric, why in r["skipped"].items():
             lines.append(f"  {metric.upper()} skipped: {why}.")
