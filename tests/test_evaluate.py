@@ -131,9 +131,9 @@ def test_table1_layout_average_and_na():
     text = table1(results)
     lines = text.splitlines()
     assert lines[0] == "| Dataset | Metric | FLAM | World Model | Recon |"
-    assert lines[2].startswith("| Average | PSNR (↑) | **25.00** | N/A | 28.00 |")
+    assert lines[2].startswith("| Average | PSNR (↑) | 25.00 | N/A | 28.00 |")  # one value: no "best"
     assert "| bigfish | PSNR (↑) | **30.00** | 24.00 | 34.00 |" in text
-    assert "| nuplan | PSNR (↑) | **20.00** | N/A | 22.00 |" in text
+    assert "| nuplan | PSNR (↑) | 20.00 | N/A | 22.00 |" in text
     assert "LPIPS" not in text  # skipped everywhere: no row
     tie = table1({"leaper": {"rows": {"FLAM": rows(30.0), "Genie": rows(30.0), "Recon": rows(31.0)}}})
     assert "**" not in tie  # all models tie: nothing is best
