@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
@@ -111,6 +112,16 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
                 raise ValueError(f"override {item!r} conflicts with an earlier one")
         node[parts[-1]] = value
     return nested
+
+
+def split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
+    """Split a ``nargs="+"`` list into its values and any ``key=value`` overrides argparse swept into it.
+
+    ``--runs a b eval.num_clips=8`` gives ``(["a", "b"], ["eval.num_clips=8"])``; an existing path that
+    contains ``=`` stays a value.
+    """
+    values = [item for item in items if "=" not in item or Path(item).exists()]
+    return values, [item for item in items if item not in values]
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

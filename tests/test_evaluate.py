@@ -122,6 +122,17 @@ def test_evaluation_errors_name_the_problem(runs, tmp_path):
         )
 
 
+def test_overrides_after_the_run_folders_are_overrides(tmp_path):
+    """`--runs a b eval.num_clips=8` (the README form): argparse sweeps the override into --runs."""
+    odd = tmp_path / "run=2"
+    odd.mkdir()
+    runs, overrides = evaluate.parse_cli(["--runs", "runs/a", str(odd), "eval.num_clips=8", "eval.videos=1"])
+    assert runs == ["runs/a", str(odd)]
+    assert overrides == ["eval.num_clips=8", "eval.videos=1"]
+    with pytest.raises(SystemExit):
+        evaluate.parse_cli(["--runs", "eval.num_clips=8"])
+
+
 def test_table1_layout_average_and_na():
     rows = lambda psnr: {"psnr": psnr, "ssim": 0.9, "fvd": 10.0}  # noqa: E731
     results = {

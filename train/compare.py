@@ -24,7 +24,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.zoo import TABLE1_ORDER
-from shards.config import merge, parse_overrides, to_dict
+from shards.config import merge, parse_overrides, split_overrides, to_dict
 from train import evaluate, lam, precompute, tokenizer
 from train.config import Config, load_config
 
@@ -152,4 +152,5 @@ if __name__ == "__main__":
     p.add_argument("--nproc", type=int, default=1, help="GPUs per training stage (torchrun on this node)")
     p.add_argument("overrides", nargs="*", help="dotted overrides of the preset, e.g. lam_train.steps=800")
     args = p.parse_args()
-    main(args.config, args.overrides, args.models, args.brief, args.nproc)
+    models, swept = split_overrides(args.models)  # `--models a b lam_train.steps=8`
+    main(args.config, [*swept, *args.overrides], models, args.brief, args.nproc)

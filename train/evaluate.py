@@ -46,6 +46,7 @@ from model.fsq import FSQ
 from model.metrics import fvd, psnr, ssim, to_unit
 from model.tokenizer import Tokenizer, to_float
 from model.zoo import build_model
+from shards.config import split_overrides
 from train import eval_report
 from train.common import load_checkpoint, load_tokenizer
 from train.config import Config, EvalConfig, load_config
@@ -354,9 +355,17 @@ def write_reports(results: dict[str, dict], out_dir: Path) -> None:
     print((out_dir / "table1.md").read_text())
 
 
-if __name__ == "__main__":
+def parse_cli(argv: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """Command line -> (run folders, dotted overrides); overrides may follow the run folders."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", nargs="+", required=True, help="run folders written by train/lam.py")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.rollout_steps=8 data.root=/data")
-    args = p.parse_args()
-    main(args.runs, args.overrides)
+    args = p.parse_args(argv)
+    runs, swept = split_overrides(args.runs)
+    if not runs:
+        p.error("--runs needs at least one run folder")
+    return runs, [*swept, *args.overrides]
+
+
+if __name__ == "__main__":
+    main(*parse_cli())
