@@ -155,4 +155,6 @@ if __name__ == "__main__":
     p.add_argument("overrides", nargs="*", help="dotted overrides of the preset, e.g. lam_train.steps=800")
     args = p.parse_args()
     models, swept = split_overrides(args.models)  # `--models a b lam_train.steps=8`
+    if not models:
+        p.error("--models needs at least one model of model/zoo.py")
     main(args.config, [*swept, *args.overrides], models, args.brief, args.nproc)
