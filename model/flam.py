@@ -8,7 +8,7 @@ Input is ``batch["features"]`` [B, T, N, F]: the exact FSQ vectors of the cached
 over all transitions t = 0..T-2 at once:
 
     x = Linear(F -> D)(features) + learned position embedding (2D sin-cos init)        [B, T, N, D]
-    slots, attn = Factorizer(x)            slot attention per frame + causal temporal  [B, T, K, D]
+    slots, attn = Factorizer(x)            slot attention rounds, each + causal temporal [B, T, K, D]
     mu, logvar = IDM(s_t, s_{t+1})         per-slot Gaussian posterior                 [B, T-1, K, A]
     z = mu + sigma * eps (training) | mu (eval)
     ŝ_{t+1} = FDM(s_t, z_t)                predicted next slots                         [B, T-1, K, D]
@@ -55,7 +55,9 @@ class LAMConfig:
     coupling: str = "factored"  # "factored" (FLAM) | "global" (Global-Coupled FLAM ablation)
     feature_dim: int = 5  # F = len(FSQ levels) of the tokenizer
     num_tokens: int = 256  # N = h * w tokens per frame
-    max_frames: int = 32  # frames the factorizer's temporal attention can see (time embedding size)
+    # Frames in the factorizer's temporal window (time-embedding rows). Training windows must have exactly
+    # this length (train/config.py checks lam_train.window), so every row is trained; longer sequences slide.
+    max_frames: int = 16
     dropout: float = 0.0
     # -- baselines (model/zoo.py); ignored by the models they do not concern --
     vq_codes: int = 8  # Genie: codebook size (presets size it to the joint action count, appendix C.1)
@@ -63,6 +65,7 @@ class LAMConfig:
     vq_restart_every: int = 100  # Genie: revive codes unused over this many steps
     num_actions: int = 0  # World Model: ground-truth actions per actor (7 MultiGrid, 15 Procgen)
     num_actors: int = 1  # World Model: actors with an action each step (MultiGrid agents; 1 for Procgen)
+    action_code: str = "joint"  # World Model: "joint" (one index over all actors, the paper) | "additive"
     slot_pretrain_steps: int = 5000  # PlaySlot / SlotFormer: steps of the object-centric stage first
 
     def __post_init__(self) -> None:
@@ -91,6 +94,8 @@ class LAMConfig:
         for name in ("vq_codes", "vq_restart_every", "num_actors"):
             if getattr(self, name) < 1:
                 raise ValueError(f"LAMConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.action_code not in ("joint", "additive"):
+            raise ValueError(f"LAMConfig.action_code must be 'joint' or 'additive', got {self.action_code!r}")
         if self.num_actions < 0 or self.slot_pretrain_steps < 0:
             raise ValueError("LAMConfig.num_actions and slot_pretrain_steps must be >= 0")
 
@@ -251,41 +256,35 @@ class FLAM(TokenWorldModel):
         snap: optional map of predicted features onto the code grid (e.g. ``FSQ.snap``), applied to every
         prediction before it is fed back and returned. -> predicted features [B, n, N, F].
 
-        Each prediction is fed back through the factorizer: a new frame is slot-bound once and the causal
-        temporal layer re-runs over the last ``max_frames`` frames (a sliding window, time index 0 = the
-        window's first frame, as for training clips cut anywhere in an episode). With n=1 and
-        ``infer_actions`` inputs this equals ``predict``'s teacher-forced prediction of frame t0.
+        The rollout carries the history the factorizer needs: the embedded tokens of the last
+        ``max_frames`` frames (context, then predictions), from which the current slots are recomputed at
+        every step, so a predicted frame is bound exactly as a real frame at the same place in a window
+        (the temporal factorizer's slot history enters every slot-attention round, so caching one round's
+        slots would not be enough). The SAVi ablation has no window: it re-runs over the whole history.
+        With n=1 and ``infer_actions`` inputs this equals ``predict``'s teacher-forced prediction of frame t0.
         """
         self._check_features(first, min_frames=1)
         self._check_rollout_actions(actions, (first.shape[0], self.cfg.num_slots, self.action_dim))
-        window = self.cfg.max_frames
-        x = self._embed(first)
-        history, _ = self.factorizer.bind_frames(x)  # per-frame slots before the temporal layer
-        history = history[:, -window:]
-        x_t, f_t = x[:, -1], first[:, -1]
-        preds = []
+        keep = self.cfg.max_frames if self.cfg.factorizer_temporal else None
+        history = self._embed(first)  # [B, t, N, D]
+        f_t, preds = first[:, -1], []
         for i in range(actions.shape[1]):
-            slots_t = self.factorizer.mix(history)[:, -1]
-            f_t = self._decode(x_t, f_t, self.fdm(slots_t, actions[:, i]))
+            window = history if keep is None else history[:, -keep:]
+            slots_t = self.factorizer(window)[0][:, -1]
+            f_t = self._decode(history[:, -1], f_t, self.fdm(slots_t, actions[:, i]))
             if snap is not None:
                 f_t = snap(f_t)
             preds.append(f_t)
             if i + 1 < actions.shape[1]:
-                x_t = self._embed(f_t)
-                # SAVi ablation: the new frame's slot attention starts from the previous frame's slots.
-                init = None if self.cfg.factorizer_temporal else history[:, -1]
-                new, _ = self.factorizer.bind(x_t, init)
-                history = torch.cat([history, new[:, None]], dim=1)[:, -window:]
+                history = torch.cat([history, self._embed(f_t)[:, None]], dim=1)
+                if keep is not None:
+                    history = history[:, -keep:]
         return torch.stack(preds, dim=1)
 
     # -- internals -----------------------------------------------------------------------------------
 
     def _encode(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """features [B, T, N, F] -> (tokens x [B, T, N, D], slots [B, T, K, D], attn [B, T, K, N])."""
-        if self.cfg.factorizer_temporal and features.shape[1] > self.cfg.max_frames:
-            raise ValueError(
-                f"features have T={features.shape[1]} frames, more than max_frames={self.cfg.max_frames}"
-            )
         x = self._embed(features)
         slots, attn = self.factorizer(x)
         return x, slots, attn

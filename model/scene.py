@@ -18,9 +18,14 @@ What differs between the three is only what ``a_t`` is:
   restarts). Loss = prediction MSE + VQ loss.
 - ``AdaWorld``: a Gaussian posterior with the reparameterisation trick. Loss = MSE + beta * KL (the KL of
   all A numbers, the same quantity FLAM's slot-summed KL is).
-- ``WorldModel``: no IDM; the ground-truth action of every actor at t as one monolithic action token: the
-  concatenated one-hots of the ``num_actors`` actions, embedded by the FDM's linear action embedding
-  (the paper: "we follow the standard practice of treating them as a single monolithic action token").
+- ``WorldModel``: no IDM; the ground-truth actions of every actor at t as one monolithic action token (the
+  paper: "we follow the standard practice of treating them as a single monolithic action token"). With
+  ``action_code="joint"`` (default) the token is the one-hot of the *joint* action index
+  sum_i a_i * num_actions^i over the ``num_actors`` actors, so the FDM's linear action embedding is one
+  learned vector per joint action (7^4 = 2401 for four MultiGrid agents): the model faces the combinatorial
+  action space the paper argues about, and a joint action unseen in training has an untrained embedding.
+  ``action_code="additive"`` is the factored alternative: the concatenated per-actor one-hots, i.e. a sum of
+  per-actor embeddings that generalises compositionally (not the paper's baseline; kept as a named option).
   Needs ``batch["actions"]`` (int [B, T] or [B, T, num_actors]); datasets without actions are refused.
 """
 
@@ -36,6 +41,8 @@ from torch import Tensor
 from model.base import TokenWorldModel
 from model.dynamics import FDM, IDM, gaussian_kl, reparameterize
 from model.vq import VectorQuantizer
+
+MAX_JOINT_ACTIONS = 65536  # World Model: joint action embeddings (7^4 = 2401 for four MultiGrid agents)
 
 
 class SceneLAM(TokenWorldModel):
@@ -188,11 +195,18 @@ class WorldModel(SceneLAM):
                 "world_model needs lam.num_actions (ground-truth actions per actor: 7 for MultiGrid, 15 for "
                 "Procgen) and lam.num_actors; the simulator presets in configs/ set them"
             )
+        if cfg.action_code == "joint" and cfg.num_actions**cfg.num_actors > MAX_JOINT_ACTIONS:
+            raise ValueError(
+                f"world_model: {cfg.num_actions}^{cfg.num_actors} joint actions is more than "
+                f"{MAX_JOINT_ACTIONS} embeddings; use lam.action_code=additive for this many actors"
+            )
         super().__init__(cfg)
 
     @property
     def action_dim(self) -> int:
-        """A: the concatenated one-hots of every actor's action."""
+        """A: joint action count (``joint``) or the concatenated per-actor one-hots (``additive``)."""
+        if self.cfg.action_code == "joint":
+            return self.cfg.num_actions**self.cfg.num_actors
         return self.cfg.num_actors * self.cfg.num_actions
 
     def _transition_latents(self, x, current, batch):
@@ -206,7 +220,7 @@ class WorldModel(SceneLAM):
 
     def infer_actions(self, features: Tensor, actions: Tensor | None = None) -> Tensor:
         """Ground-truth actions int [B, T] or [B, T, num_actors] (actions[:, t] moves frame t to t+1; the
-        last one is unused) -> one-hot action tokens [B, T-1, 1, num_actors * num_actions]."""
+        last one is unused) -> one-hot action tokens [B, T-1, 1, A] (see ``action_dim``)."""
         if actions is None:
             raise ValueError("world_model infers nothing: pass the clip's ground-truth actions")
         b, t = features.shape[:2]
@@ -218,13 +232,21 @@ class WorldModel(SceneLAM):
                 f"(lam.num_actors, lam.num_actions), got {tuple(actions.shape)} with values in "
                 f"[{int(actions.min())}, {int(actions.max())}]"
             )
-        one_hot = F.one_hot(actions.long(), n).to(features.dtype)  # [B, T-1, actors, n]
+        return self.action_tokens(actions).to(features.dtype)
+
+    def action_tokens(self, actions: Tensor) -> Tensor:
+        """int [B, n, num_actors] in [0, num_actions) -> one-hot tokens float [B, n, 1, A]."""
+        n = self.cfg.num_actions
+        if self.cfg.action_code == "joint":
+            radix = n ** torch.arange(self.cfg.num_actors, device=actions.device)  # actor i is digit i
+            joint = (actions.long() * radix).sum(-1)  # [B, n]
+            return F.one_hot(joint, self.action_dim).float()[:, :, None]
+        one_hot = F.one_hot(actions.long(), n).float()  # [B, n, actors, num_actions]
         return rearrange(one_hot, "b t m n -> b t 1 (m n)")
 
     def sample_prior_actions(self, batch_size, steps, device=None, generator=None) -> Tensor:
-        """Uniformly random ground-truth actions as one-hot tokens [B, n, 1, num_actors * num_actions]."""
+        """Uniformly random ground-truth actions as action tokens [B, n, 1, A]."""
         shape = (batch_size, steps, self.cfg.num_actors)
         actions = torch.randint(self.cfg.num_actions, shape, generator=generator)
-        one_hot = F.one_hot(actions, self.cfg.num_actions).float()
         device = device if device is not None else self.pos_embed.device
-        return rearrange(one_hot, "b t m n -> b t 1 (m n)").to(device)
+        return self.action_tokens(actions).to(device)

@@ -2,14 +2,19 @@
 
 Shapes: [..., E] continuous encodings in, the nearest of C codebook vectors out.
 
-- Nearest code by squared Euclidean distance, computed in fp32 (as FSQ: bf16 rounding changes argmins).
+- Nearest code by squared Euclidean distance in fp64 with autocast disabled (the trainer's bf16 autocast
+  would otherwise run ``flat @ book.T`` in bf16 and flip argmins wherever codes are close; fp64 also makes
+  the choice independent of how the batch is split over ranks, whose matmul kernels round differently).
 - Straight-through estimator: the forward value is the code, the gradient flows to the encoder unchanged.
 - Loss = ||sg[z_e] - e||^2 (moves codes to encodings) + commitment * ||z_e - sg[e]||^2 (keeps encodings
   near their codes), means over elements.
 - Dead codes: a latent-action codebook collapses to a handful of codes unless unused ones are revived.
   Every ``restart_every`` training steps, codes chosen fewer than ``dead_threshold`` times since the last
-  restart are replaced by encodings drawn from the current batch; step 0 is such a restart, which
-  initialises the whole codebook from data. Under torchrun the usage counts are all-reduced every step
+  restart are replaced by encodings drawn from the current batch, distinct rows without replacement, and
+  when there are more dead codes than encodings the surplus get a small seeded jitter: the codebook never
+  holds two equal codes, whose exact tie would leave the argmin to the matmul kernel's rounding (this made
+  2 ranks and 1 process pick different codes and diverge). Step 0 is such a restart, which initialises the
+  whole codebook from data. Under torchrun the usage counts are all-reduced every step
   and the replacement encodings are drawn from the all-gathered *global* batch (rank order = global batch
   order, see ``train.lam.GlobalBatches``) with a generator seeded by the restart count, so every rank
   makes the same change, and the same as a single process with the whole batch. The counters are
@@ -57,8 +62,9 @@ class VectorQuantizer(nn.Module):
                 self._restart_dead_codes(flat.detach())
             self.steps += 1
         indices = self.nearest(flat)
-        codes = self.codebook.float()[indices]  # [M, E]
-        loss = F.mse_loss(codes, flat.detach()) + self.commitment * F.mse_loss(flat, codes.detach())
+        with torch.autocast(device_type=flat.device.type, enabled=False):  # fp32 loss under bf16 autocast
+            codes = self.codebook.float()[indices]  # [M, E]
+            loss = F.mse_loss(codes, flat.detach()) + self.commitment * F.mse_loss(flat, codes.detach())
         if self.training:
             counts = torch.bincount(indices, minlength=self.num_codes).float()
             if dist.is_available() and dist.is_initialized():
@@ -69,10 +75,11 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def nearest(self, flat: Tensor) -> Tensor:
-        """[M, E] -> index of the nearest code, int64 [M] (fp32 distances)."""
-        book, flat = self.codebook.float(), flat.float()
-        dist2 = flat.square().sum(-1, keepdim=True) - 2 * flat @ book.T + book.square().sum(-1)
-        return dist2.argmin(dim=-1)
+        """[M, E] -> index of the nearest code, int64 [M] (fp64 distances, autocast off)."""
+        with torch.autocast(device_type=flat.device.type, enabled=False):
+            book, flat = self.codebook.double(), flat.double()
+            dist2 = flat.square().sum(-1, keepdim=True) - 2 * flat @ book.T + book.square().sum(-1)
+            return dist2.argmin(dim=-1)
 
     def lookup(self, indices: Tensor) -> Tensor:
         """int64 [...] -> codes [..., E]."""
@@ -88,10 +95,18 @@ class VectorQuantizer(nn.Module):
     def _restart_dead_codes(self, flat: Tensor) -> None:
         dead = (self.usage < self.dead_threshold).nonzero().flatten()
         if len(dead):
-            pool = _gather_rows(flat)  # the global batch's encodings, in rank order
+            # The global batch's encodings, in rank order; equal rows (e.g. from identical frame pairs) once.
+            pool = torch.unique(_gather_rows(flat), dim=0)
             gen = torch.Generator().manual_seed(int(self.restarts))
-            pick = torch.randint(len(pool), (len(dead),), generator=gen).to(pool.device)
-            self.codebook[dead] = pool[pick].to(self.codebook.dtype)
+            # Distinct rows: every encoding once (in a seeded order) before any is used again.
+            rounds = -(-len(dead) // len(pool))
+            pick = torch.cat([torch.randperm(len(pool), generator=gen) for _ in range(rounds)])[: len(dead)]
+            new = pool[pick.to(pool.device)]
+            # Reused encodings (more dead codes than encodings) get a jitter of 1% of the encodings' scale.
+            repeat = (torch.arange(len(dead)) >= len(pool)).to(pool.device)
+            scale = 0.01 * pool.std().clamp(min=1e-6)
+            jitter = torch.randn(new.shape, generator=gen).to(pool.device) * scale
+            self.codebook[dead] = torch.where(repeat[:, None], new + jitter, new).to(self.codebook.dtype)
         self.usage.zero_()
         self.restarts += 1
 

@@ -154,6 +154,35 @@ def test_vq_restarts_are_deterministic():
     torch.testing.assert_close(books[0], books[1])
 
 
+def test_vq_restarts_never_duplicate_codes():
+    """More dead codes than encodings (step 0 of a small batch: 16 codes, 5 encodings, two of them equal):
+    no two codes may be equal, or the argmin between them is left to the matmul kernel's rounding, which
+    differs between one process and the per-rank halves of the same batch."""
+    vq = VectorQuantizer(num_codes=16, dim=4, restart_every=2).train()
+    data = torch.randn(5, 4)
+    data[4] = data[0]
+    vq(data)
+    book = vq.codebook.detach()
+    assert torch.cdist(book, book).add(torch.eye(16) * 1e9).min() > 1e-4
+    assert sum(bool((data - code).norm(dim=-1).min() < 1e-6) for code in book) == 4  # each distinct one
+
+
+def test_vq_choice_ignores_autocast_and_batch_split():
+    """Nearest codes in fp64 with autocast off: the same choice under bf16 autocast, and for each half of
+    the batch (one rank's share) as for the whole batch."""
+    gen = torch.Generator().manual_seed(0)
+    vq = VectorQuantizer(num_codes=64, dim=32, restart_every=10**9).eval()
+    with torch.no_grad():  # close codes far from the origin: bf16 distances cannot tell them apart
+        vq.codebook.copy_(3.0 + 0.1 * torch.randn(64, 32, generator=gen))
+    flat = vq.codebook.detach()[torch.randint(64, (96,), generator=gen)] + 0.01 * torch.randn(96, 32)
+    want = vq.nearest(flat)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(vq.nearest(flat), want)
+        _, indices, loss = vq(flat)
+    assert torch.equal(indices, want) and loss.dtype == torch.float32
+    assert torch.equal(torch.cat([vq.nearest(flat[:48]), vq.nearest(flat[48:])]), want)
+
+
 # -- World Model -------------------------------------------------------------------------------------
 
 
@@ -170,10 +199,22 @@ def test_world_model_needs_and_checks_ground_truth_actions():
         model({"features": feats, "actions": torch.zeros(B, T, M + 1, dtype=torch.long)})
     actions = torch.randint(0, 7, (B, T, M))
     tokens = model.infer_actions(feats, actions)
-    assert tokens.shape == (B, T - 1, 1, M * 7)
-    assert (tokens.reshape(B, T - 1, M, 7).argmax(-1) == actions[:, :-1]).all()
+    assert tokens.shape == (B, T - 1, 1, 7**M)  # monolithic: one token per joint action
+    joint = tokens[:, :, 0].argmax(-1)
+    digits = torch.stack([joint // 7**i % 7 for i in range(M)], dim=-1)
+    assert (tokens.sum(-1) == 1).all() and (digits == actions[:, :-1]).all()
+    # Two joint actions that share all but one actor's action share nothing in the token.
+    other = actions.clone()
+    other[:, :, 0] = (other[:, :, 0] + 1) % 7
+    assert (model.infer_actions(feats, other) * tokens).sum() == 0
     single = build_model("world_model", dataclasses.replace(TINY, num_actors=1, num_actions=15))
     assert single.infer_actions(feats, torch.randint(0, 15, (B, T))).shape == (B, T - 1, 1, 15)
+    additive = build_model("world_model", dataclasses.replace(TINY, action_code="additive"))
+    tokens = additive.infer_actions(feats, actions)
+    assert tokens.shape == (B, T - 1, 1, M * 7)
+    assert (tokens.reshape(B, T - 1, M, 7).argmax(-1) == actions[:, :-1]).all()
+    with pytest.raises(ValueError, match="additive"):
+        build_model("world_model", dataclasses.replace(TINY, num_actors=16))
 
 
 # -- PlaySlot / SlotFormer: two stages ---------------------------------------------------------------

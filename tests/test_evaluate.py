@@ -25,6 +25,7 @@ TINY = [
     "lam.slot_pretrain_steps=1",
     "lam_train.batch_size=4",
     "lam_train.window=4",
+    "lam.max_frames=4",
     "lam_train.window_stride=4",
     "lam_train.steps=2",
     "lam_train.val_every=1000",

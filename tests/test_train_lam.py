@@ -30,6 +30,7 @@ TINY_LAM = [
     "lam.slot_iters=2",
     "lam_train.batch_size=4",
     "lam_train.window=4",
+    "lam.max_frames=4",
     "lam_train.window_stride=4",
     "lam_train.log_every=2",
     "lam_train.val_every=1000",

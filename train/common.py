@@ -248,3 +248,26 @@ def load_tokenizer(path: str | Path, device: torch.device):
     model = Tokenizer(from_dict(TokenizerConfig, state["tokenizer_config"]))
     model.load_state_dict(state["model"])
     return model.to(device).eval().requires_grad_(False), file_id(path)
+
+
+def load_world_model(path: str | Path, device: torch.device):
+    """Rebuild a trained world model from the config inside its checkpoint (``train/lam.py``'s ``kind="lam"``)
+    -> (model in eval mode, the checkpoint's resolved config dict, its step).
+
+    Every consumer of a trained world model (evaluation, the demo report) loads it here, never from a
+    config re-declared on the command line: an override that changes no weight shape (``lam.coupling``,
+    ``lam.slot_iters``) would otherwise silently score a different model than the one trained.
+    """
+    from model.flam import LAMConfig
+    from model.zoo import build_model
+    from shards.config import from_dict
+
+    state = load_checkpoint(path, map_location="cpu")
+    if state.get("kind") != "lam":
+        raise ValueError(
+            f"{path} is not a world-model checkpoint of train/lam.py (kind {state.get('kind')!r})"
+        )
+    config = state["config"]
+    model = build_model(config["model"], from_dict(LAMConfig, config["lam"]))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), config, int(state["step"])

@@ -44,7 +44,14 @@ BRIEF = {
         "val_batches": 2,
     },
     "precompute": {"batch_clips": 8, "report_clips": 32},
-    "lam": {"dim": 64, "num_heads": 4, "depth": 1, "slot_iters": 2, "slot_pretrain_steps": 200},
+    "lam": {
+        "dim": 64,
+        "num_heads": 4,
+        "depth": 1,
+        "slot_iters": 2,
+        "slot_pretrain_steps": 200,
+        "max_frames": 6,
+    },
     "lam_train": {
         "steps": 400,
         "batch_size": 16,

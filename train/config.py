@@ -64,7 +64,7 @@ class LAMTrainConfig:
     )
     steps: int = 100000
     batch_size: int = 32  # global, in windows; each rank takes batch_size / world_size
-    window: int = 8  # frames per training window (T)
+    window: int = 16  # frames per training window (T); must equal lam.max_frames (see Config)
     window_stride: int = 4  # window starts every this many frames within a clip
     lr: float = 1e-4
     weight_decay: float = 0.01
@@ -119,6 +119,16 @@ class Config:
     lam: LAMConfig = field(default_factory=LAMConfig)
     lam_train: LAMTrainConfig = field(default_factory=LAMTrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        # FLAM's factorizer has one learned time embedding per position of its window: training on shorter
+        # windows would leave rows that evaluation (which slides a window of lam.max_frames) reads untrained.
+        if self.lam_train.window != self.lam.max_frames:
+            raise ValueError(
+                f"lam_train.window ({self.lam_train.window}) must equal lam.max_frames "
+                f"({self.lam.max_frames}), the factorizer's time window: every time embedding must be "
+                "trained; set both (e.g. lam_train.window=16 lam.max_frames=16)"
+            )
 
     @property
     def dataset_dir(self) -> Path:

@@ -27,10 +27,9 @@ if __package__ in (None, ""):
 import torch
 
 from model.fsq import FSQ
-from model.zoo import build_model
 from shards.loader import ClipDataset, ClipLoader
 from train import lam, precompute, tokenizer
-from train.common import load_checkpoint, load_tokenizer
+from train.common import load_tokenizer, load_world_model
 from train.config import Config, load_config
 from train.rollouts import score_against_pixels, write_gif
 
@@ -51,10 +50,7 @@ def report(cfg: Config, lam_ckpt: Path, out_dir: Path, clips: int = 16) -> dict:
     """Rollout scores of the trained model on val clips, against real pixels."""
     device = torch.device("cpu")
     tok, _ = load_tokenizer(cfg.tokenizer_checkpoint, device)
-    state = load_checkpoint(lam_ckpt)
-    model = build_model(cfg.model, cfg.lam)
-    model.load_state_dict(state["model"])
-    model.eval()
+    model, _, step = load_world_model(lam_ckpt, device)
     fsq = FSQ(tok.cfg.levels)
     n = cfg.lam_train.rollout_steps + 1
     loader = ClipLoader(ClipDataset(cfg.dataset_dir, "val", window=n, seed=1), batch_size=clips)
@@ -68,7 +64,7 @@ def report(cfg: Config, lam_ckpt: Path, out_dir: Path, clips: int = 16) -> dict:
     result = {
         "clips": int(frames.shape[0]),
         "rollout_steps": n - 1,
-        "step": state["step"],
+        "step": step,
         "rows": rows,
         "model_psnr_by_step": per_step,
     }
@@ -77,7 +73,7 @@ def report(cfg: Config, lam_ckpt: Path, out_dir: Path, clips: int = 16) -> dict:
     video = write_gif([out["frames"][k][:4] for k in ("truth", "recon", "model")], out_dir / "rollout.gif")
     lines = [
         f"# Demo report: {cfg.model} on {cfg.data.dataset} ({result['clips']} val clips, "
-        f"{n - 1}-step rollouts, step {state['step']})",
+        f"{n - 1}-step rollouts, step {step})",
         "",
         "| row | PSNR (dB) | SSIM |",
         "|---|---|---|",

@@ -45,10 +45,9 @@ from tqdm import tqdm
 from model.fsq import FSQ
 from model.metrics import fvd, psnr, ssim, to_unit
 from model.tokenizer import Tokenizer, to_float
-from model.zoo import build_model
-from shards.config import split_overrides
+from shards.config import merge, parse_overrides, split_overrides
 from train import eval_report
-from train.common import load_checkpoint, load_tokenizer
+from train.common import load_tokenizer, load_world_model
 from train.config import Config, EvalConfig, load_config
 from train.eval_figures import chunks, figures_for
 from train.rollouts import decode_features
@@ -63,16 +62,25 @@ class Run:
     label: str = ""
 
 
+# What evaluation overrides may change: how to evaluate, and where the shards live. Never the model.
+EVAL_OVERRIDABLE = ("eval.", "data.root=")
+
+
 def load_run(path: Path, device: torch.device, overrides: list[str]) -> Run:
-    """A trained run: its saved config (+ command-line overrides for data/eval), the model at ``latest``."""
-    config_file = path / "config.yaml"
-    if not config_file.exists():
-        raise FileNotFoundError(f"{path} is not a run folder of train/lam.py (no config.yaml)")
-    cfg = load_config(config_file, overrides)
-    state = load_checkpoint(path / "ckpt" / "latest", map_location="cpu")
-    model = build_model(state["config"]["model"], cfg.lam)
-    model.load_state_dict(state["model"])
-    return Run(path, cfg, model.to(device).eval(), int(state["step"]))
+    """A trained run: the model and config stored in its ``latest`` checkpoint, with command-line overrides
+    of ``eval.*`` (and ``data.root``) only; anything else is refused, since it would not change the weights
+    and would silently score a model other than the one trained."""
+    if not (path / "ckpt" / "latest").exists():
+        raise FileNotFoundError(f"{path} is not a run folder of train/lam.py (no ckpt/latest)")
+    refused = [o for o in overrides if not o.startswith(EVAL_OVERRIDABLE)]
+    if refused:
+        raise ValueError(
+            f"evaluation overrides may set eval.* and data.root only, got {refused}: the model is "
+            "rebuilt from its checkpoint; train a new run to evaluate another configuration"
+        )
+    model, config, step = load_world_model(path / "ckpt" / "latest", device)
+    cfg = load_config(None, merge(config, parse_overrides(overrides)))
+    return Run(path, cfg, model, step)
 
 
 def read_windows(cfg: Config, length: int) -> dict:
