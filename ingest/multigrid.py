@@ -64,6 +64,8 @@ class MultiGridConfig:
     identical action at every step, the others stay independent).
     persistence: probability that an agent repeats its previous forward or done instead of drawing afresh
     (turns and blocked forwards are never repeated, see ``_Policy``).
+    highlight: draw each agent's view square lighter (the package default). False draws agents on a plain
+    floor, so a frame changes only where an agent moves or turns (the CPU-sized comparison preset).
     fast_render: use the vectorised renderer (pixel-identical); False uses the package's ``env.render()``.
     """
 
@@ -75,6 +77,7 @@ class MultiGridConfig:
     persistence: float = 0.8
     fps: float = 8.0
     fast_render: bool = True
+    highlight: bool = True
 
     def __post_init__(self) -> None:
         if self.env_id not in _EMPTY_ENV_IDS:
@@ -94,6 +97,8 @@ class MultiGridConfig:
             raise ValueError(f"tile_size must be an int >= 1 (pixels per grid cell), got {self.tile_size!r}")
         if not 0.0 <= self.persistence <= 1.0:
             raise ValueError(f"persistence must be a probability in [0, 1], got {self.persistence!r}")
+        if not isinstance(self.highlight, bool):
+            raise ValueError(f"highlight must be true or false, got {self.highlight!r}")
         if not self.fps > 0:
             raise ValueError(f"fps must be > 0, got {self.fps!r}")
 
@@ -118,9 +123,10 @@ def render_episode(cfg: MultiGridConfig, seed: int) -> Episode:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     seed = int(seed)
     env = _make_env(cfg.env_id, cfg.num_agents, cfg.tile_size)
+    env.highlight = cfg.highlight  # read by env.render(); the env is cached across configs
     actions, positions, directions, frames = _rollout(env, cfg, seed, render=not cfg.fast_render)
     if cfg.fast_render:
-        frames = _compose_frames(env, positions, directions)
+        frames = _compose_frames(env, positions, directions, cfg.highlight)
     if frames.shape[1:] != frame_shape(cfg):
         raise RuntimeError(f"rendered frames {frames.shape[1:]} do not match frame_shape {frame_shape(cfg)}")
     info = {
@@ -130,6 +136,7 @@ def render_episode(cfg: MultiGridConfig, seed: int) -> Episode:
         "seed": seed,
         "tile_size": cfg.tile_size,
         "persistence": cfg.persistence,
+        "highlight": cfg.highlight,
         "action_names": list(ACTION_NAMES),
         # Colours repeat every 6 agents (multigrid cycles its palette): record them so clips are explainable.
         "agent_colors": [Color.from_index(int(c)).value for c in _agent_colors(env)],
@@ -146,7 +153,7 @@ def _make_env(env_id: str, num_agents: int, tile_size: int) -> EmptyEnv:
     ).unwrapped
     assert isinstance(env, EmptyEnv), type(env)
     # The fast renderer's highlight (every cell of each agent's view square) is only right without occlusion.
-    assert env.highlight and all(agent.see_through_walls for agent in env.agents)
+    assert all(agent.see_through_walls for agent in env.agents)
     env.on_success = lambda *args, **kwargs: None  # see module docstring: the goal must not end the episode
     return env
 
@@ -249,7 +256,9 @@ def _sprite(obj_code: tuple[int, ...], highlight: bool, agent_code: int, tile_si
     return tile.astype(np.uint8)  # float64 -> uint8 truncates, exactly like Grid.render's slice assignment
 
 
-def _compose_frames(env: EmptyEnv, positions: np.ndarray, directions: np.ndarray) -> np.ndarray:
+def _compose_frames(
+    env: EmptyEnv, positions: np.ndarray, directions: np.ndarray, highlight_views: bool = True
+) -> np.ndarray:
     """Vectorised ``env.render()`` for every step of a rollout: [T, H * ts, W * ts, 3] uint8.
 
     positions [T, A, 2] and directions [T, A] as returned by :func:`_rollout`. Assumes a static grid (true for
@@ -275,7 +284,8 @@ def _compose_frames(env: EmptyEnv, positions: np.ndarray, directions: np.ndarray
     inside = (cells[..., 0] >= 0) & (cells[..., 0] < w) & (cells[..., 1] >= 0) & (cells[..., 1] < h)
     highlight = np.zeros((t_len, h, w), dtype=np.int64)
     t_idx = np.broadcast_to(tt[:, None, None], inside.shape)
-    highlight[t_idx[inside], cells[..., 1][inside], cells[..., 0][inside]] = 1
+    if highlight_views:
+        highlight[t_idx[inside], cells[..., 1][inside], cells[..., 0][inside]] = 1
 
     key = (obj_ids[None] * 2 + highlight) * _NUM_AGENT_CODES + agent_code  # [T, H, W]
     uniq, inv = np.unique(key, return_inverse=True)

@@ -4,10 +4,15 @@ and figures, skipped metrics reported as skipped; plus the table layout itself."
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
+from einops import rearrange
 
+from model.base import TokenWorldModel
+from model.flam import FLAM, LAMConfig
+from shards.config import merge, parse_overrides, to_dict
 from train import evaluate, precompute
 from train import lam as train_lam
 from train.config import load_config
@@ -91,6 +96,49 @@ def test_evaluation_of_tiny_runs_writes_tables_videos_and_figures(runs, tmp_path
         assert all((out / f).stat().st_size > 0 for f in files)
 
 
+class ReferenceModel(TokenWorldModel):
+    """A "model" that probes the evaluation protocol. Its latent actions are the next frames' features
+    (evaluation infers latents from the whole ground-truth window, as the paper's protocol does), so
+    ``oracle`` rolls out the ground-truth future codes exactly; ``copy`` repeats the last context frame."""
+
+    latent = "none"
+
+    def __init__(self, cfg: LAMConfig, kind: str) -> None:
+        super().__init__(cfg)
+        self.kind = kind
+
+    def infer_actions(self, features, actions=None):
+        return rearrange(features[:, 1:], "b t n f -> b t 1 (n f)")
+
+    def rollout(self, first, actions, snap=None):
+        if self.kind == "copy":
+            return first[:, -1:].expand(-1, actions.shape[1], -1, -1)
+        return rearrange(actions[:, :, 0], "b t (n f) -> b t n f", f=first.shape[-1])
+
+
+def test_protocol_ground_truth_scores_recon_and_copying_scores_copy(runs, tmp_path):
+    """A rollout of the ground-truth future codes scores exactly the Recon row (so Recon is computed on the
+    frames the models predict), and repeating the last context frame scores exactly the Copy row, on every
+    metric; an untrained FLAM (zero head: it copies) scores Copy too, so no model sees the future."""
+    _, dirs = runs
+    cfg = evaluate.load_run(dirs[0], torch.device("cpu"), []).cfg
+    overrides = ["eval.split=train", "eval.num_clips=3", "eval.rollout_steps=8", "eval.batch_clips=2"]
+    overrides += ["eval.dci=false", "eval.control=false", "eval.latent_plot=false"]
+    cfg = load_config(None, merge(to_dict(cfg), parse_overrides(overrides)))
+    lam = cfg.lam
+    models = {
+        "Oracle": ReferenceModel(lam, "oracle"),
+        "Copier": ReferenceModel(lam, "copy"),
+        "Untrained FLAM": FLAM(lam),
+    }
+    run_list = [evaluate.Run(tmp_path / name, cfg, model.eval(), 0, name) for name, model in models.items()]
+    rows = evaluate.evaluate_dataset(run_list, tmp_path, torch.device("cpu"))["rows"]
+    for metric in ("psnr", "ssim", "st_lpips", "fvd", "psnr_by_step"):
+        assert rows["Oracle"][metric] == rows["Recon"][metric], metric
+        assert rows["Copier"][metric] == rows["Copy"][metric] == rows["Untrained FLAM"][metric], metric
+    assert rows["Recon"]["psnr"] != rows["Copy"]["psnr"]  # the windows move: the rows differ
+
+
 def test_short_clips_skip_fvd_with_the_reason(runs, tmp_path):
     _, dirs = runs
     out = evaluate.main(
@@ -111,6 +159,9 @@ def test_evaluation_errors_name_the_problem(runs, tmp_path):
         evaluate.main(dirs[:1], [f"eval.out={tmp_path}", "eval.split=train", "eval.rollout_steps=40"])
     with pytest.raises(FileNotFoundError, match="not a run folder"):
         evaluate.main([tmp_path], [])
+    # The model is the checkpoint's: an override that changes no weight shape must not pass silently.
+    with pytest.raises(ValueError, match=r"eval\.\* and data\.root only"):
+        evaluate.main(dirs[:1], [f"eval.out={tmp_path}", "lam.coupling=global"])
     with pytest.raises(FileNotFoundError, match=r"eval\.lpips_backbone"):
         evaluate.main(
             dirs[:1],
@@ -121,6 +172,18 @@ def test_evaluation_errors_name_the_problem(runs, tmp_path):
                 f"eval.lpips_backbone={tmp_path}/x.pth",
             ],
         )
+
+
+def test_runs_are_rebuilt_from_their_checkpoint_not_their_config_file(runs, tmp_path):
+    """config.yaml is for people to read; the model evaluated is the one the checkpoint holds."""
+    _, dirs = runs
+    copy = tmp_path / "flam-edited"
+    shutil.copytree(dirs[0], copy, symlinks=True)
+    config = copy / "config.yaml"
+    config.write_text(config.read_text().replace("coupling: factored", "coupling: global"))
+    run = evaluate.load_run(copy, torch.device("cpu"), ["eval.num_clips=2"])
+    assert run.cfg.lam.coupling == "factored" and run.model.idm.body.spatial_frames == 1
+    assert run.cfg.eval.num_clips == 2
 
 
 def test_overrides_after_the_run_folders_are_overrides(tmp_path):

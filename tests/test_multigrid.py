@@ -125,6 +125,23 @@ def test_frames_show_each_agent_at_its_position() -> None:
             assert np.array_equal(center, expected), (t, a, center, expected)
 
 
+def test_without_highlight_empty_floor_cells_all_look_the_same() -> None:
+    """highlight=False: no view squares, so every unoccupied interior cell but the goal is the same tile in
+    every frame (with highlight the lit and unlit floor differ)."""
+    cfg = MultiGridConfig(num_agents=4, episode_len=8, tile_size=8, highlight=False)
+    tiles = {True: set(), False: set()}
+    for highlight in (False, True):
+        ep = render_episode(replace(cfg, highlight=highlight), seed=3)
+        assert ep.info["highlight"] is highlight
+        for t in range(cfg.episode_len):
+            occupied = {tuple(p) for p in ep.positions[t].tolist()} | {(6, 6)}  # agents and the goal
+            for y in range(1, 7):
+                for x in range(1, 7):
+                    if (x, y) not in occupied:
+                        tiles[highlight].add(ep.frames[t, y * 8 : (y + 1) * 8, x * 8 : (x + 1) * 8].tobytes())
+    assert len(tiles[False]) == 1 and len(tiles[True]) == 2
+
+
 def test_correlated_variant_ties_agents_0_and_1_only() -> None:
     cfg = MultiGridConfig(num_agents=4, variant="correlated")
     for seed in range(3):
@@ -149,21 +166,29 @@ def test_agents_visibly_move() -> None:
 
 
 @pytest.mark.parametrize(
-    ("env_id", "num_agents", "variant", "tile_size"),
+    ("env_id", "num_agents", "variant", "tile_size", "highlight"),
     [
-        ("MultiGrid-Empty-8x8-v0", 2, "independent", 16),
-        ("MultiGrid-Empty-8x8-v0", 2, "correlated", 16),
-        ("MultiGrid-Empty-8x8-v0", 4, "independent", 16),
-        ("MultiGrid-Empty-8x8-v0", 4, "correlated", 16),
-        ("MultiGrid-Empty-8x8-v0", 16, "independent", 16),
-        ("MultiGrid-Empty-8x8-v0", 16, "correlated", 16),
-        ("MultiGrid-Empty-5x5-v0", 3, "independent", 16),  # view square larger than the room
-        ("MultiGrid-Empty-16x16-v0", 7, "independent", 8),
+        ("MultiGrid-Empty-8x8-v0", 2, "independent", 16, True),
+        ("MultiGrid-Empty-8x8-v0", 2, "correlated", 16, True),
+        ("MultiGrid-Empty-8x8-v0", 4, "independent", 16, True),
+        ("MultiGrid-Empty-8x8-v0", 4, "correlated", 16, True),
+        ("MultiGrid-Empty-8x8-v0", 16, "independent", 16, True),
+        ("MultiGrid-Empty-8x8-v0", 16, "correlated", 16, True),
+        ("MultiGrid-Empty-5x5-v0", 3, "independent", 16, True),  # view square larger than the room
+        ("MultiGrid-Empty-16x16-v0", 7, "independent", 8, True),
+        ("MultiGrid-Empty-8x8-v0", 4, "independent", 8, False),  # the CPU comparison preset's frames
     ],
 )
-def test_fast_renderer_is_pixel_identical(env_id: str, num_agents: int, variant: str, tile_size: int) -> None:
+def test_fast_renderer_is_pixel_identical(
+    env_id: str, num_agents: int, variant: str, tile_size: int, highlight: bool
+) -> None:
     cfg = MultiGridConfig(
-        env_id=env_id, num_agents=num_agents, variant=variant, tile_size=tile_size, episode_len=32
+        env_id=env_id,
+        num_agents=num_agents,
+        variant=variant,
+        tile_size=tile_size,
+        episode_len=32,
+        highlight=highlight,
     )
     for seed in range(3):
         fast = render_episode(cfg, seed)
