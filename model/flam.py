@@ -125,7 +125,8 @@ class FLAM(TokenWorldModel):
     """Factored latent action model. ``forward(batch) -> (loss, metrics)``; ``infer_actions``,
     ``sample_prior_actions`` and ``rollout`` for evaluation and controllable generation.
 
-    Loss (paper Eq. 6): ``pred_mse + beta * kl`` with
+    Loss (paper Eq. 6): ``pred_mse + beta * kl`` (times ``batch["kl_weight"]`` when given: the trainer's
+    latent warm-up, ``LAMTrainConfig.latent_warmup_steps``) with
     - pred_mse: mean over B, T-1 steps, N tokens and F dims of (pred - features_{t+1})^2;
     - kl: KL(q(z_t^k) || N(0, I)) summed over the A action dims and over the K slots, averaged over B and
       the T-1 steps. Summing over slots (the paper's sum over factors i = 1..K) makes it the KL of all
@@ -166,7 +167,8 @@ class FLAM(TokenWorldModel):
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """batch["features"]: float [B, T, N, F], T >= 2 (optional batch["noise"]: the reparameterisation
-        eps [B, T-1, K, A], see ``noise_shape``) -> (scalar loss, detached metrics):
+        eps [B, T-1, K, A], see ``noise_shape``; optional batch["kl_weight"]: a factor on beta) ->
+        (scalar loss, detached metrics):
         loss, pred_mse, copy_mse (last-frame-copy baseline), kl, kl_per_slot [K], slot_usage [K]
         (share of token attention mass won by each slot; sums to 1), post_std (mean posterior std)."""
         features = batch["features"]
@@ -174,7 +176,7 @@ class FLAM(TokenWorldModel):
         errors = self.prediction_errors(out["pred"], features)
         kl_per_slot = gaussian_kl(out["mu"], out["logvar"]).mean(dim=(0, 1))  # [K]
         kl = kl_per_slot.sum()
-        loss = errors["pred_mse"] + self.cfg.beta * kl
+        loss = errors["pred_mse"] + self.cfg.beta * batch.get("kl_weight", 1.0) * kl
         metrics = {
             "loss": loss,
             **errors,
@@ -221,6 +223,12 @@ class FLAM(TokenWorldModel):
         """The factorizer's slots, the state the dynamics run on. features [B, T, N, F] -> [B, T, K, D]."""
         self._check_features(features, min_frames=1)
         return self._encode(features)[1]
+
+    def slot_attention(self, features: Tensor) -> Tensor:
+        """The factorizer's token-to-slot assignment (the last slot-attention round's softmax over slots).
+        features [B, T, N, F] -> attn [B, T, K, N], summing to 1 over K."""
+        self._check_features(features, min_frames=1)
+        return self._encode(features)[2]
 
     def infer_actions(self, features: Tensor, actions: Tensor | None = None) -> Tensor:
         """Posterior means of the latent actions. features: [B, T, N, F] -> z [B, T-1, K, A], where

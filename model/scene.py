@@ -131,7 +131,11 @@ class AdaWorld(SceneLAM):
             noise = rearrange(noise, "b t k a -> (b t) k a")
         z = reparameterize(mu, logvar, sample=self.training, noise=noise)
         kl = gaussian_kl(mu, logvar).mean()
-        return z, self.cfg.beta * kl, {"kl": kl, "post_std": (0.5 * logvar.float()).exp().mean()}
+        return (
+            z,
+            self.cfg.beta * batch.get("kl_weight", 1.0) * kl,
+            {"kl": kl, "post_std": (0.5 * logvar.float()).exp().mean()},
+        )
 
     def infer_actions(self, features: Tensor, actions: Tensor | None = None) -> Tensor:
         """Posterior means [B, T-1, 1, A]."""

@@ -82,3 +82,30 @@ def moving_objects(
             out[c, torch.arange(t), yx[:, 0] * grid + yx[:, 1]] = sprite
             velocities[c, :, i] = (vel[0] + 1) * 3 + (vel[1] + 1)
     return (out, velocities) if with_velocities else out
+
+
+WALKER_MOVES = torch.tensor([[0, 0], [-1, 0], [1, 0], [0, -1], [0, 1]])  # stay, up, down, left, right
+
+
+def random_walkers(
+    num_clips: int, t: int = 4, grid: int = 5, entities: int = 3, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Single-token "sprites" (distinct FSQ vectors) on a uniform background of a grid x grid token map, each
+    taking a fresh uniformly random move of ``WALKER_MOVES`` every step (wrapping around): the next frame is
+    unpredictable without every entity's own action. Returns features [clips, t, grid^2, 5], actions int
+    [clips, t, entities] (actions[:, s] moves frame s to s+1) and positions int [clips, t, entities, 2] (row,
+    col)."""
+    gen = torch.Generator().manual_seed(seed)
+    sprite = torch.tensor([0.5, -1.0, 0.5, -1.0, 0.5])  # entity e: this vector rolled by e
+    features = torch.full((num_clips, t, grid * grid, 5), -0.5)
+    actions = torch.randint(0, len(WALKER_MOVES), (num_clips, t, entities), generator=gen)
+    positions = torch.zeros(num_clips, t, entities, 2, dtype=torch.long)
+    for c in range(num_clips):
+        cells = torch.randperm(grid * grid, generator=gen)[:entities]
+        pos = torch.stack([cells // grid, cells % grid], -1)
+        for s in range(t):
+            positions[c, s] = pos
+            for e in range(entities):
+                features[c, s, pos[e, 0] * grid + pos[e, 1]] = sprite.roll(e)
+            pos = (pos + WALKER_MOVES[actions[c, s]]) % grid
+    return features, actions, positions

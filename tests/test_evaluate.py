@@ -69,7 +69,9 @@ def test_evaluation_of_tiny_runs_writes_tables_videos_and_figures(runs, tmp_path
             "eval.videos=2",
         ],
     )
-    scores = json.loads((out / "scores.json").read_text())["multigrid"]
+    everything = json.loads((out / "scores.json").read_text())
+    assert everything["schema_version"] == evaluate.SCORES_SCHEMA and len(everything["commit"]) == 40
+    scores = everything["datasets"]["multigrid"]
     assert scores["windows"] == 3 and scores["rollout_steps"] == 8
     rows = scores["rows"]
     assert set(rows) == {"FLAM", "Genie", "World Model", "Recon", "Copy"}
@@ -148,7 +150,7 @@ def test_short_clips_skip_fvd_with_the_reason(runs, tmp_path):
             *("eval.st_lpips=false", "eval.dci=false", "eval.control=false", "eval.latent_plot=false"),
         ],
     )
-    scores = json.loads((out / "scores.json").read_text())["multigrid"]
+    scores = json.loads((out / "scores.json").read_text())["datasets"]["multigrid"]
     assert "I3D needs >= 9" in scores["skipped"]["fvd"]
     assert "fvd" not in scores["rows"]["FLAM"] and "FVD skipped" in (out / "table1.md").read_text()
 

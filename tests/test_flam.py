@@ -16,7 +16,7 @@ from model.flam import FLAM, Aggregator, LAMConfig
 from model.fsq import FSQ
 from model.slots import Factorizer, SlotAttention
 
-from .helpers import moving_objects
+from .helpers import moving_objects, random_walkers
 
 B, T, N, F = 2, 5, 16, 5
 TINY = LAMConfig(
@@ -363,3 +363,46 @@ def test_tiny_flam_learns_moving_sprites() -> None:
         _, metrics = model({"features": clips})
     ratio = (metrics["copy_mse"] / metrics["pred_mse"]).item()
     assert ratio >= 5.0, f"prediction MSE only {ratio:.1f}x below the copy baseline after {elapsed:.1f}s"
+
+
+def train_walkers(name: str, steps: int = 800) -> tuple[torch.nn.Module, torch.Tensor]:
+    """A tiny model of ``model/zoo.py`` trained on random walkers (3 sprites, each taking a random move every
+    step) with the trainer's latent warm-up; returns it in eval mode and held-out clips."""
+    from model.zoo import build_model
+    from train.lam import latent_warmup
+
+    train, _, _ = random_walkers(256, seed=0)
+    test, _, _ = random_walkers(64, seed=1)
+    cfg = LAMConfig(dim=48, num_heads=4, depth=1, num_slots=3, slot_iters=2, num_tokens=25, max_frames=4)
+    model = build_model(name, dataclasses.replace(cfg, slot_pretrain_steps=steps // 2))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(steps):
+        batch = {"features": train[torch.randint(0, len(train), (32,), generator=gen)]}
+        noise_scale, kl_weight = latent_warmup(step, steps * 3 // 8)
+        shape = model.noise_shape(batch["features"])
+        if shape is not None:
+            batch["noise"] = noise_scale * torch.randn(shape, generator=gen)
+        batch["kl_weight"] = torch.tensor(kl_weight)
+        loss, _ = model(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model.eval(), test
+
+
+def test_latent_actions_are_necessary() -> None:
+    """On random walkers the next frame depends on each sprite's own random move, so only latent actions can
+    predict it. A trained FLAM's rollout (latents inferred from the ground truth, as in evaluation) must beat
+    the same model with its latents zeroed, and SlotFormer (no latents), by a wide margin. An IDM blind to
+    the next frame fails this (measured: FLAM 0.027 rollout MSE, zeroed 0.127, copy 0.137)."""
+    flam, test = train_walkers("flam")
+    slotformer, _ = train_walkers("slotformer")
+    with torch.no_grad():
+        z = flam.infer_actions(test)
+        mse = lambda pred: float((pred - test[:, 1:]).square().mean())  # noqa: E731
+        rollout = mse(flam.rollout(test[:, :1], z))
+        zeroed = mse(flam.rollout(test[:, :1], torch.zeros_like(z)))
+        no_latent = mse(slotformer.rollout(test[:, :1], slotformer.infer_actions(test)))
+    assert rollout * 2.5 < zeroed, (rollout, zeroed)
+    assert rollout * 2.5 < no_latent, (rollout, no_latent)

@@ -1,89 +1,40 @@
-"""Train every model of the paper's Table 1 on one dataset and write the comparison (``make compare``).
+"""Train every model of the paper's Tables 1 and 6 on one dataset and write the comparison (``make compare``).
 
-    python train/compare.py --config configs/multigrid.yaml --brief       # CPU: minutes, small everything
+    python train/compare.py --config configs/multigrid.yaml --brief       # CPU: configs/brief.yaml sizes
     python train/compare.py --config configs/bigfish.yaml --nproc 8       # the full preset on 8 GPUs
     python train/compare.py --config configs/multigrid.yaml --models flam genie flam_global
 
 Stages, each resumed or skipped when already done (same folders, same config): ingest the dataset
 (simulators; nuPlan must be ingested first, see docs/nuplan.md), train its tokenizer, precompute the token
 cache, train each model with ``train/lam.py`` on the same cache, then ``train/evaluate.py`` on all runs.
-``--brief`` shrinks the preset (data, tokenizer, model widths, steps, eval clips) to a CPU-sized run that
-exercises exactly the same code; its numbers show the pipeline works, not the paper's quality.
-Writes runs/compare-<dataset>[-brief]/{tok, <model>, eval}/ (the table: eval/table1.md).
+``--brief`` applies ``configs/brief.yaml`` (a CPU-sized run of the same code) and trains ``--jobs`` models at
+once, one core each (small models use one core better than two). Writes
+runs/compare-<dataset>[-brief]/{tok, <model>, logs, eval}/ (the tables: eval/table1.md, eval/table2_dci.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tqdm import tqdm
+
 from model.zoo import TABLE1_ORDER
 from shards.config import merge, parse_overrides, split_overrides, to_dict
-from train import evaluate, lam, precompute, tokenizer
-from train.config import Config, load_config
+from train import evaluate, precompute, tokenizer
+from train.config import Config, brief_config, load_config, save_config
 
-# A CPU-sized version of any preset: what changes is size and length, never the code path.
-BRIEF = {
-    "data": {"root": "data/compare-brief", "shuffle_buffer": 64, "num_workers": 1},
-    # 1000 steps at lr 2e-3: the smallest run we found whose MultiGrid tokenizer draws the agents (35 dB;
-    # 300 steps at 1e-3 gave 25.7 dB with walls and floor only, and every world model then matched).
-    "tokenizer_train": {
-        "steps": 1000,
-        "batch_size": 32,
-        "lr": 2.0e-3,
-        "warmup_steps": 20,
-        "log_every": 10,
-        "image_every": 250,
-        "ckpt_every": 250,
-        "val_batches": 2,
-    },
-    "precompute": {"batch_clips": 8, "report_clips": 32},
-    "lam": {
-        "dim": 64,
-        "num_heads": 4,
-        "depth": 1,
-        "slot_iters": 2,
-        "slot_pretrain_steps": 200,
-        "max_frames": 6,
-    },
-    "lam_train": {
-        "steps": 400,
-        "batch_size": 16,
-        "window": 6,
-        "window_stride": 2,
-        "lr": 1.0e-3,
-        "warmup_steps": 50,
-        "log_every": 20,
-        "val_every": 200,
-        "ckpt_every": 200,
-        "val_clips": 8,
-        "rollout_steps": 5,
-    },
-    "eval": {"num_clips": 16, "batch_clips": 8},
-}
-BRIEF_INGEST = {  # per source: a few minutes of rendering on 2 cores
-    "multigrid": {"episodes": 240, "clip_len": 16, "episodes_per_shard": 40, "source": {"episode_len": 32}},
-    "procgen": {"episodes": 96, "clip_len": 16, "episodes_per_shard": 16, "source": {"max_episode_len": 64}},
-}
-
-
-def brief_config(cfg: Config) -> Config:
-    """The preset shrunk to CPU size: same tokenizer stages (so the same token grid), narrower."""
-    source = "multigrid" if cfg.data.dataset.startswith("multigrid") else "procgen"
-    if cfg.data.dataset == "nuplan":
-        raise ValueError("--brief renders its own data; ingest nuPlan from your logs first (docs/nuplan.md)")
-    stages = len(cfg.tokenizer.channels)
-    extra = {
-        "tokenizer": {"channels": [min(16 * 2**i, 32) for i in range(stages)], "num_res_blocks": 1},
-        "ingest": BRIEF_INGEST[source],
-    }
-    return load_config(None, merge(merge(to_dict(cfg), BRIEF), extra))
+# Table 1's models, then the factorizer ablation of Table 6 (its DCI is Table 7's second column).
+COMPARED = (*TABLE1_ORDER, "flam_no_temporal")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def with_runs(cfg: Config, root: Path, model: str = "flam") -> Config:
@@ -97,17 +48,51 @@ def with_runs(cfg: Config, root: Path, model: str = "flam") -> Config:
     return load_config(None, data)
 
 
-def launch(script: str, cfg: Config, nproc: int, extra: list[str]) -> None:
-    """Run a training stage under torchrun on this node (several GPUs), with the resolved config."""
-    path = Path(cfg.lam_train.run_dir).parent / f"{Path(script).stem}-config.yaml"
-    from train.config import save_config
+def torchrun(script: str, config: Path, nproc: int, extra: list[str]) -> list[str]:
+    """The command that runs a training stage: torchrun on this node for several GPUs, else python."""
+    if nproc > 1:
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+        ]
+    else:
+        launcher = [sys.executable]
+    return [*launcher, str(REPO / script), "--config", str(config), *extra]
 
-    save_config(cfg, path)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    subprocess.run([*cmd, script, "--config", str(path), *extra], check=True)
+
+def train_models(cfgs: list[Config], root: Path, nproc: int, jobs: int) -> None:
+    """Train each model's run with ``train/lam.py`` in its own process, ``jobs`` at a time (each with
+    cores / jobs threads); logs in <root>/logs/<model>.log. A failed run stops everything, naming its log."""
+    logs = root / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+    def run(cfg: Config) -> str:
+        config = root / f"{cfg.model}-config.yaml"
+        save_config(cfg, config)
+        log = logs / f"{cfg.model}.log"
+        start = time.perf_counter()
+        with open(log, "w") as out:
+            done = subprocess.run(
+                torchrun("train/lam.py", config, nproc, []), stdout=out, stderr=out, env=env
+            )
+        if done.returncode:
+            raise RuntimeError(f"training {cfg.model} failed (exit {done.returncode}); see {log}")
+        return f"{cfg.model} {time.perf_counter() - start:.0f}s"
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool, tqdm(total=len(cfgs), desc="models") as bar:
+        for finished in pool.map(run, cfgs):
+            bar.set_postfix_str(finished)
+            bar.update(1)
 
 
-def main(config: str | Path, overrides: list[str], models: list[str], brief: bool, nproc: int = 1) -> Path:
+def main(
+    config: str | Path, overrides: list[str], models: list[str], brief: bool, nproc: int = 1, jobs: int = 1
+) -> Path:
     """Preset <- (brief) <- command-line overrides; then every stage (see the module docstring)."""
     start = time.perf_counter()
     cfg = load_config(config)
@@ -126,29 +111,28 @@ def main(config: str | Path, overrides: list[str], models: list[str], brief: boo
             f"no shards at {cfg.dataset_dir}: run `make ingest DATASET={cfg.data.dataset}` first"
         )
 
-    print("== tokenizer", flush=True)
+    print("== tokenizer and token cache", flush=True)
     if nproc > 1:
-        launch("train/tokenizer.py", cfg, nproc, [])
-        launch("train/precompute.py", cfg, nproc, ["--tokenizer", str(cfg.tokenizer_checkpoint)])
+        path = root / "tokenizer-config.yaml"
+        save_config(cfg, path)
+        subprocess.run(torchrun("train/tokenizer.py", path, nproc, []), check=True)
+        tokens = ["--tokenizer", str(cfg.tokenizer_checkpoint)]
+        subprocess.run(torchrun("train/precompute.py", path, nproc, tokens), check=True)
     else:
         tokenizer.main(cfg)
         precompute.main(cfg, cfg.tokenizer_checkpoint)
     has_actions = any(cfg.dataset_dir.glob("tokens/*/train/parts/*/actions.npy"))
-    run_dirs = []
+    runs = []
     for model in models:
         if model == "world_model" and not has_actions:
             print(f"== {model}: skipped, {cfg.data.dataset} has no ground-truth actions", flush=True)
             continue
-        print(f"== {model}", flush=True)
-        run_cfg = with_runs(cfg, root, model)
-        if nproc > 1:
-            launch("train/lam.py", run_cfg, nproc, [])
-        else:
-            lam.main(run_cfg)
-        run_dirs.append(run_cfg.lam_run_dir)
+        runs.append(with_runs(cfg, root, model))
+    print(f"== training {', '.join(r.model for r in runs)} ({jobs} at a time)", flush=True)
+    train_models(runs, root, nproc, jobs)
 
     print("== evaluate", flush=True)
-    out = evaluate.main(run_dirs, [f"eval.out={root / 'eval'}"])
+    out = evaluate.main([r.lam_run_dir for r in runs], [f"eval.out={root / 'eval'}"])
     print(f"compare {cfg.data.dataset}: {time.perf_counter() - start:.0f}s; table: {out / 'table1.md'}")
     return out
 
@@ -156,12 +140,16 @@ def main(config: str | Path, overrides: list[str], models: list[str], brief: boo
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="a dataset preset in configs/")
-    p.add_argument("--brief", action="store_true", help="CPU-sized: small data, widths and step counts")
-    p.add_argument("--models", nargs="+", default=list(TABLE1_ORDER), help="models of model/zoo.py")
+    p.add_argument("--brief", action="store_true", help="CPU-sized: configs/brief.yaml over the preset")
+    p.add_argument("--models", nargs="+", default=list(COMPARED), help="models of model/zoo.py")
     p.add_argument("--nproc", type=int, default=1, help="GPUs per training stage (torchrun on this node)")
+    p.add_argument("--jobs", type=int, default=0, help="models trained at once (default: 2 brief, else 1)")
     p.add_argument("overrides", nargs="*", help="dotted overrides of the preset, e.g. lam_train.steps=800")
     args = p.parse_args()
     models, swept = split_overrides(args.models)  # `--models a b lam_train.steps=8`
     if not models:
         p.error("--models needs at least one model of model/zoo.py")
-    main(args.config, [*swept, *args.overrides], models, args.brief, args.nproc)
+    if args.jobs < 0:
+        p.error("--jobs must be >= 0 (0: 2 with --brief, else 1)")
+    jobs = args.jobs or (min(2, os.cpu_count() or 1) if args.brief else 1)
+    main(args.config, [*swept, *args.overrides], models, args.brief, args.nproc, jobs)

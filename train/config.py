@@ -70,6 +70,10 @@ class LAMTrainConfig:
     weight_decay: float = 0.01
     betas: tuple[float, ...] = (0.9, 0.99)
     warmup_steps: int = 1000
+    # Gaussian latents (FLAM, AdaWorld, PlaySlot): for this many steps z is the posterior mean with no KL
+    # term, then for as many steps the noise is on and beta ramps up linearly from 0. 0 = the paper's
+    # schedule (sampling and full beta from step 0); see train/lam.py:latent_warmup for why it exists.
+    latent_warmup_steps: int = 0
     grad_clip: float = 1.0
     bf16: bool = True  # autocast on GPU only
     compile: bool = False  # torch.compile on GPU
@@ -164,6 +168,27 @@ def load_config(path: str | Path | None, overrides: list[str] | dict[str, Any] |
         data = merge(data, preset)
     if overrides:
         data = merge(data, parse_overrides(overrides) if isinstance(overrides, list) else overrides)
+    return from_dict(Config, data)
+
+
+BRIEF_PRESET = Path(__file__).resolve().parents[1] / "configs" / "brief.yaml"
+
+
+def brief_config(cfg: Config) -> Config:
+    """``cfg`` at CPU size (``BRIEF=1``): ``configs/brief.yaml``'s ``all`` section, then its section for
+    the dataset's source family, over ``cfg``; data under data/brief/, so the user's full dataset is never
+    touched."""
+    if cfg.data.dataset == "nuplan":
+        raise ValueError("BRIEF renders its own data; ingest nuPlan from your logs first (docs/nuplan.md)")
+    family = "multigrid" if cfg.data.dataset.startswith("multigrid") else "procgen"
+    try:
+        sections = yaml.safe_load(BRIEF_PRESET.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{BRIEF_PRESET} is not valid YAML: {err}") from err
+    if not isinstance(sections, dict) or "all" not in sections or family not in sections:
+        raise ValueError(f"{BRIEF_PRESET} must hold an 'all' section and a {family!r} section")
+    data = merge(merge(to_dict(cfg), sections["all"]), sections[family])
+    data["data"]["root"] = "data/brief"
     return from_dict(Config, data)
 
 

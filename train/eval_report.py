@@ -178,3 +178,38 @@ def latent_scatter(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def assignment_figure(owners: torch.Tensor, sharing: list[list[float]], title: str, path: Path) -> Path:
+    """Slot-agent assignment (paper Figs. 7-9): for a few clips, the slot owning each agent in every frame
+    (rows = agents, columns = frames, colour = slot), and how often two agents share a slot.
+    owners int [C, T, M]; sharing [M][M]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clips, _, agents = owners.shape
+    fig, axes = plt.subplots(1, clips + 1, figsize=(2.4 * (clips + 1), 2.4), dpi=120)
+    slots = int(owners.max()) + 1
+    for c in range(clips):
+        ax = axes[c]
+        ax.imshow(owners[c].T.numpy(), cmap="tab10", vmin=0, vmax=9, aspect="auto", interpolation="nearest")
+        ax.set_title(f"clip {c}: owner slot", fontsize=8)
+        ax.set_xlabel("frame", fontsize=7)
+        ax.set_yticks(range(agents), [f"agent {j}" for j in range(agents)], fontsize=7)
+        ax.tick_params(axis="x", labelsize=6)
+    ax = axes[-1]
+    ax.imshow(np.asarray(sharing), cmap="viridis", vmin=0, vmax=1)
+    for i in range(agents):
+        for j in range(agents):
+            ax.text(j, i, f"{sharing[i][j]:.2f}", ha="center", va="center", fontsize=6, color="white")
+    ax.set_title("share of frames in one slot", fontsize=8)
+    ax.set_xticks(range(agents))
+    ax.set_yticks(range(agents))
+    fig.suptitle(f"{title} ({slots} slots seen, colours = slot index)", fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +51,7 @@ from model.metrics import fvd, psnr, ssim, to_unit
 from model.tokenizer import Tokenizer, to_float
 from shards.config import merge, parse_overrides, split_overrides
 from train import eval_report
+from train.assignment import agent_slot_mass, assignment_stats
 from train.common import load_tokenizer, load_world_model
 from train.config import Config, EvalConfig, load_config
 from train.eval_figures import chunks, figures_for
@@ -94,8 +97,10 @@ def read_windows(cfg: Config, length: int) -> dict:
     clips = ClipDataset(cfg.dataset_dir, ec.split, rank=0, world_size=1)
     out: dict[str, list] = {"frames": [], "actions": [], "positions": []}
     action_names: list[str] = []
+    tile = None
     for sample in clips:
         action_names = sample["meta"]["info"].get("action_names", action_names)
+        tile = sample["meta"]["info"].get("tile_size", tile)  # MultiGrid: pixels per grid cell
         for start in range(0, sample["frames"].shape[0] - length + 1, length):
             for name in out:
                 if name in sample:
@@ -110,6 +115,8 @@ def read_windows(cfg: Config, length: int) -> dict:
             f"clips of {cfg.dataset_dir}: lower eval.rollout_steps or ingest longer clips"
         )
     windows = {k: torch.stack(v) for k, v in out.items() if v and len(v) == len(out["frames"])}
+    if tile:  # (W, H) grid cells of the frames, for slot-agent assignments
+        windows["cells"] = (windows["frames"].shape[3] // tile, windows["frames"].shape[2] // tile)
     return {**windows, "action_names": list(action_names)}
 
 
@@ -231,6 +238,7 @@ def evaluate_dataset(runs: list[Run], out_dir: Path, device: torch.device) -> di
             shown["Recon"] = torch.cat([real[: len(recon[: ec.videos]), :c], recon[: ec.videos]], 1)
     figures: dict[str, list[str]] = {}
     dci: dict[str, dict] = {}
+    assignment: dict[str, dict] = {}
     for run in runs:
         model = run.model
         if model.needs_actions and "actions" not in data:
@@ -248,6 +256,9 @@ def evaluate_dataset(runs: list[Run], out_dir: Path, device: torch.device) -> di
         figures[run.label] = figures_for(run, features, data, tokenizer, fsq, grid, out_dir, gen)
         if ec.dci and model.has_slots and "positions" in data:
             dci[run.label] = slot_dci(model, features, data["positions"], ec, device)
+        if model.has_slots and "cells" in data:
+            assignment[run.label], figure = slot_assignment(run, features, data, grid, out_dir, device)
+            figures[run.label].append(figure)
     if dci:
         from train.dci import random_slots_like
 
@@ -271,6 +282,7 @@ def evaluate_dataset(runs: list[Run], out_dir: Path, device: torch.device) -> di
         "rows": rows,
         "skipped": scorer.skipped,
         "dci": dci,
+        "assignment": assignment,
         "video": str(video.relative_to(out_dir)),
         "figures": figures,
     }
@@ -280,6 +292,20 @@ def all_slots(model, features: torch.Tensor, ec: EvalConfig, device) -> torch.Te
     """[W, L, N, F] -> slots of every frame [W * L, K, D]."""
     out = [model.slots(features[sl].to(device)).cpu() for sl in chunks(len(features), ec.batch_clips)]
     return torch.cat(out).flatten(0, 1)
+
+
+def slot_assignment(run: Run, features, data, grid, out_dir: Path, device) -> tuple[dict, str]:
+    """Which slot owns which agent in every frame (``train/assignment.py``): consistency over time, how
+    often two agents share a slot, and a figure of the first clips -> (stats, figure path relative to out)."""
+    model, ec = run.model, run.cfg.eval
+    attn = torch.cat(
+        [model.slot_attention(features[sl].to(device)).cpu() for sl in chunks(len(features), ec.batch_clips)]
+    )
+    stats = assignment_stats(agent_slot_mass(attn, data["positions"], data["cells"], grid))
+    owners = stats.pop("owners")
+    path = out_dir / "figures" / f"{run.cfg.data.dataset}-{run.path.name}-assignment.png"
+    eval_report.assignment_figure(owners[:3], stats["sharing"], f"{run.label} slot-agent assignment", path)
+    return stats, str(path.relative_to(out_dir))
 
 
 def slot_dci(model, features, positions, ec, device) -> dict[str, float]:
@@ -320,9 +346,31 @@ def main(run_dirs: list[str | Path], overrides: list[str] | None = None) -> Path
     return out_dir
 
 
+SCORES_SCHEMA = 1  # scores.json layout version (docs/results.md, "scores.json"); bump on any change
+
+
+def git_commit() -> str | None:
+    """The commit of this checkout (None outside a git checkout), recorded with every score."""
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    if done.returncode != 0:
+        return None
+    return done.stdout.strip() or None
+
+
 def write_reports(results: dict[str, dict], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "scores.json").write_text(json.dumps(results, indent=1))
+    scores = {
+        "schema_version": SCORES_SCHEMA,
+        "commit": git_commit(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "datasets": results,
+    }
+    (out_dir / "scores.json").write_text(json.dumps(scores, indent=1))
     lines = ["# World model accuracy (paper Table 1 layout)", "", eval_report.table1(results), ""]
     for name, r in results.items():
         lines.append(

@@ -100,6 +100,22 @@ def step_noise(cfg: Config, step: int, shape: tuple[int, ...], rank: int, world_
     return full[rank * per_rank : (rank + 1) * per_rank]
 
 
+def latent_warmup(step: int, warmup: int) -> tuple[float, float]:
+    """(noise scale, KL weight) at ``step`` for ``lam_train.latent_warmup_steps = warmup``: (0, 0) for the
+    first ``warmup`` steps (z is the posterior mean: a deterministic code the dynamics can start using), then
+    noise on and the KL weight ramping linearly to 1 over the next ``warmup`` steps; (1, 1) when warmup=0.
+
+    Why: at CPU scale the IDM gets almost no gradient until the factorizer and aggregator can render a
+    change, so its posterior is pushed to the prior by the KL term alone (at full speed: Adam normalises
+    that tiny gradient), z becomes pure noise and the forward model learns to ignore it. Latents then stay
+    unused for most of a short run (KL annealing, Bowman et al. 2016, is the standard remedy)."""
+    if warmup <= 0 or step >= 2 * warmup:
+        return 1.0, 1.0
+    if step < warmup:
+        return 0.0, 0.0
+    return 1.0, (step - warmup) / warmup
+
+
 def main(cfg: Config) -> Path:
     lt = cfg.lam_train
     dist_info = init_distributed()
@@ -189,8 +205,11 @@ def main(cfg: Config) -> Path:
         batch = {k: v.to(device, non_blocking=True) for k, v in collate(items).items()}
         batch["features"] = to_features(batch.pop("codes"), fsq)  # [b, T, N, F]
         noise_shape = model.noise_shape(batch["features"])
+        noise_scale, kl_weight = latent_warmup(step, lt.latent_warmup_steps)
         if noise_shape is not None:
-            batch["noise"] = step_noise(cfg, step, noise_shape, rank, world).to(device)
+            batch["noise"] = (noise_scale * step_noise(cfg, step, noise_shape, rank, world)).to(device)
+        if kl_weight < 1.0:
+            batch["kl_weight"] = torch.tensor(kl_weight, device=device)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
             loss, metrics = train_model(batch)
         optimizer.zero_grad(set_to_none=True)
