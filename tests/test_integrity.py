@@ -133,7 +133,8 @@ def test_tokenizer_training_refuses_missing_train_shards(tiny_data, tmp_path):
     root = copy_dataset(tiny_data, tmp_path / "data")
     damage_shard(root / "multigrid" / "train" / f"{SHARD}.tar", "truncated")
     cfg = load_config(
-        REPO / "configs/demo.yaml", [f"data.root={root}", f"tokenizer_train.run_dir={tmp_path}/t"]
+        REPO / "configs/demo.yaml",
+        [f"data.root={root}", f"tokenizer_train.run_dir={tmp_path}/t", "tokenizer_train.steps=1"],
     )
     with pytest.raises(PartialDataError, match=rf"(?s){SHARD}.*tokenizer_train.allow_partial=true"):
         train_tokenizer.main(cfg)

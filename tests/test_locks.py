@@ -65,7 +65,8 @@ def test_second_tokenizer_training_into_a_run_dir_is_refused(tiny_data, tmp_path
     run = tmp_path / "tok"
     proc = holder(run, "train/tokenizer.py")
     cfg = load_config(
-        REPO / "configs/demo.yaml", [f"data.root={tiny_data}", f"tokenizer_train.run_dir={run}"]
+        REPO / "configs/demo.yaml",
+        [f"data.root={tiny_data}", f"tokenizer_train.run_dir={run}", "tokenizer_train.steps=1"],
     )
     with pytest.raises(FolderLocked, match=rf"pid {proc.pid}"):
         train_tokenizer.main(cfg)

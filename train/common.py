@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from shards.config import diff
+from shards.config import diff, to_dict
 from shards.files import exclusive
 
 CHECKPOINT_FORMAT_VERSION = 1
@@ -208,23 +208,17 @@ def resume_changes(saved: dict[str, Any], current: dict[str, Any], free: dict[st
 
 
 def check_resume(
-    saved: dict[str, Any],
-    current: dict[str, Any],
-    free: dict[str, set[str]],
-    *,
-    opt_in: str,
-    allow: bool,
-    run_dir: Path,
-    step: int,
-    is_main: bool,
+    state: dict[str, Any], cfg: Any, free: dict[str, set[str]], section: str, run_dir: Path, is_main: bool
 ) -> None:
-    """Refuse to resume with changed settings (ValueError listing them) unless ``allow`` (the user set
-    ``opt_in``=true); then say so and keep the old config.yaml as ``config.until-step-N.yaml``."""
-    changes = resume_changes(saved, current, free)
+    """Refuse to resume from ``state`` with changed settings (ValueError listing them) unless the run's
+    ``<section>.allow_config_change`` is set; then say so and keep the old config.yaml beside the new one
+    as ``config.until-step-N.yaml``. ``cfg`` is the run's Config, ``free`` as in ``resume_changes``."""
+    current, step = to_dict(cfg), int(state["step"])
+    changes = resume_changes(state["config"], current, free)
     if not changes:
         return
-    listed = "\n  ".join(changes)
-    if not allow:
+    listed, opt_in = "\n  ".join(changes), f"{section}.allow_config_change"
+    if not current[section]["allow_config_change"]:
         raise ValueError(
             f"{run_dir} was trained with other settings (checkpoint at step {step}):\n  {listed}\n"
             f"Resume with the same settings, start a new run_dir, or pass {opt_in}=true to go on with the "

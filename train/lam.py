@@ -176,16 +176,7 @@ def train(cfg: Config) -> Path:
             )
         if state["config"]["lam"] != to_dict(cfg.lam) or state["config"]["model"] != cfg.model:
             raise ValueError(f"{ckpts.latest} holds a model with another config: use a new lam_train.run_dir")
-        check_resume(
-            state["config"],
-            to_dict(cfg),
-            RESUME_FREE,
-            opt_in="lam_train.allow_config_change",
-            allow=lt.allow_config_change,
-            run_dir=run_dir,
-            step=int(state["step"]),
-            is_main=dist_info.is_main,
-        )
+        check_resume(state, cfg, RESUME_FREE, "lam_train", run_dir, dist_info.is_main)
         step = restore_train_state(state, model, optimizer, scheduler, rank)
     if dist_info.is_main:
         save_config(cfg, run_dir / "config.yaml")

@@ -162,16 +162,7 @@ def train(cfg: Config) -> Path:
     if state is not None:
         if state["config"]["tokenizer"] != to_dict(cfg.tokenizer):
             raise ValueError(f"{ckpts.latest} holds a tokenizer with another config: use a new run_dir")
-        check_resume(
-            state["config"],
-            to_dict(cfg),
-            RESUME_FREE,
-            opt_in="tokenizer_train.allow_config_change",
-            allow=tc.allow_config_change,
-            run_dir=run_dir,
-            step=int(state["step"]),
-            is_main=dist_info.is_main,
-        )
+        check_resume(state, cfg, RESUME_FREE, "tokenizer_train", run_dir, dist_info.is_main)
         step = restore_train_state(state, model, optimizer, scheduler, dist_info.rank)
         dataset.load_state_dict(state["data"], strict=False, num_workers=cfg.data.num_workers)
     generator = torch.Generator().manual_seed(tc.seed * 7919 + dist_info.rank)  # which frames of a clip
