@@ -6,7 +6,9 @@ after a successful resume, resume with a non-CPU map location, and changed setti
 from __future__ import annotations
 
 import os
+import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,6 +21,7 @@ from train.common import (
     load_checkpoint,
     load_tokenizer,
     restore_train_state,
+    set_rng_state,
     train_state,
 )
 from train.config import load_config, save_config
@@ -191,6 +194,19 @@ def test_our_checkpoints_hold_only_tensors_and_plain_types(trained, tiny_tokeniz
     for path in (trained / "ckpt" / "latest", tiny_tokenizer):
         state = torch.load(path, weights_only=True)  # no allow-list: plain weights_only
         assert state["checkpoint_format"] == 1
+
+
+def test_checkpoints_from_before_the_tensor_only_rng_still_load(tmp_path):
+    """Older checkpoints hold numpy's RNG state as a numpy tuple: weights_only allows just the numpy
+    globals that rebuild a plain array, so existing runs still resume and evaluate."""
+    np.random.seed(3)
+    old_rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    expected = np.random.random(4)
+    torch.save({"checkpoint_format": 1, "step": 7, "rng": [old_rng]}, tmp_path / "old.pt")
+    state = load_checkpoint(tmp_path / "old.pt")
+    np.random.seed(0)
+    set_rng_state(state["rng"][0])
+    assert state["step"] == 7 and np.array_equal(np.random.random(4), expected)
 
 
 # --------------------------------------------------------------------- changed settings on resume (F6)

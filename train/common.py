@@ -366,7 +366,10 @@ class Checkpoints:
 def _allowed_numpy_globals() -> list[Any]:
     """The numpy globals of the RNG state that checkpoints before the tensor-only format hold: rebuilding
     a plain array runs no code, so ``weights_only=True`` may allow them."""
-    import numpy.core.multiarray as multiarray  # numpy 2 aliases numpy._core under this name
+    if hasattr(np, "_core"):  # numpy 2 (numpy.core is a deprecated alias there)
+        from numpy._core import multiarray
+    else:
+        from numpy.core import multiarray
 
     allowed = [multiarray._reconstruct, np.ndarray, np.dtype]
     dtypes = getattr(np, "dtypes", None)
