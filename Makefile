@@ -16,7 +16,8 @@ CLIP_LEN    ?=
 ARGS        ?=
 CONFIG      ?= configs/$(DATASET).yaml
 NPROC       ?= 1
-TOKENIZER   ?= runs/tok-$(DATASET)/ckpt/latest
+# Tokenizer checkpoint for precompute and train; empty: the config's own (tokenizer_train.run_dir/ckpt/latest).
+TOKENIZER   ?=
 # One process: plain python. More: torchrun on this node (multi-node: call torchrun yourself, see README).
 LAUNCH       = $(if $(filter 1,$(NPROC)),$(PY),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC))
 
@@ -66,10 +67,11 @@ tokenizer: $(STAMP)  ## train the FSQ tokenizer of DATASET on its shards in OUT 
 	$(LAUNCH) train/tokenizer.py --config $(CONFIG) data.root=$(OUT) $(ARGS)
 
 precompute: $(STAMP)  ## encode DATASET's shards with TOKENIZER into the token cache + Recon report (NPROC=)
-	$(LAUNCH) train/precompute.py --config $(CONFIG) --tokenizer $(TOKENIZER) data.root=$(OUT) $(ARGS)
+	$(LAUNCH) train/precompute.py --config $(CONFIG) $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) data.root=$(OUT) $(ARGS)
 
 train: $(STAMP)  ## train MODEL (flam, ...) on DATASET's token cache (NPROC= CONFIG= ARGS=)
-	$(LAUNCH) train/lam.py --config $(CONFIG) model=$(MODEL) data.root=$(OUT) $(ARGS)
+	$(LAUNCH) train/lam.py --config $(CONFIG) model=$(MODEL) data.root=$(OUT) \
+		$(if $(TOKENIZER),lam_train.tokenizer=$(TOKENIZER)) $(ARGS)
 
 evaluate: $(STAMP)  ## score trained runs against ground truth: Table 1, DCI, videos (RUNS="runs/a runs/b" ARGS=)
 	$(PY) train/evaluate.py --runs $(RUNS) $(ARGS)

@@ -18,6 +18,7 @@ from pathlib import Path
 from ingest.config import RunOptions, build_config, dataset_names
 from ingest.pipeline import IngestError, print_summary, run_ingest
 from shards.config import parse_overrides
+from shards.files import FolderLocked
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,6 +43,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--overwrite", action="store_true", help="delete shards made with another config first")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="on resume, check finished shards by size only, not sha256 (for very large sets)",
+    )
     return p.parse_intermixed_args(argv)
 
 
@@ -62,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
             executor=args.executor,
             overwrite=args.overwrite,
             progress=not args.no_progress,
+            verify=not args.no_verify,
         )
         manifest = run_ingest(cfg, opts)
-    except (ValueError, IngestError) as e:
+    except (ValueError, IngestError, FolderLocked) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print_summary(manifest, Path(args.out) / cfg.dataset)

@@ -82,6 +82,7 @@ class RunOptions:
     executor: str = "ray"  # "ray" (Ray Data) or "local" (in-process, for debugging and tests)
     overwrite: bool = False
     progress: bool = True
+    verify: bool = True  # on resume, check each finished shard's sha256 (False: size only, for huge sets)
 
 
 SOURCE_KINDS: dict[type, str] = {
@@ -139,7 +140,7 @@ def build_config(dataset: str, overrides: dict[str, Any] | None = None) -> Inges
     overrides = dict(overrides or {})
     source_over = overrides.pop("source", None)
     if source_over:
-        cfg = replace(cfg, source=apply_overrides(cfg.source, source_over))
+        cfg = replace(cfg, source=apply_overrides(cfg.source, source_over, "source."))
     if overrides:
         top = {k: v for k, v in to_dict(cfg).items() if k != "source"}
         unknown = set(overrides) - set(top)

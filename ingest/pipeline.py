@@ -11,14 +11,12 @@ under temporary names and renamed, so a rerun after a kill finishes the job with
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
 import shutil
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,9 @@ from tqdm import tqdm
 from ingest.block import block_units, run_block
 from ingest.config import IngestConfig, RunOptions
 from shards.config import diff
+from shards.files import DataFileError, exclusive, read_json
 from shards.format import SPLITS
+from shards.integrity import shard_problem
 from shards.manifest import (
     CONFIG_NAME,
     MANIFEST_NAME,
@@ -39,6 +39,8 @@ from shards.manifest import (
 )
 from shards.writer import TMP_SUFFIX, atomic_write_bytes
 
+log = logging.getLogger(__name__)
+
 
 class IngestError(RuntimeError):
     """A problem with the user's request or output folder, with the fix in the message."""
@@ -48,10 +50,12 @@ def run_ingest(cfg: IngestConfig, opts: RunOptions) -> dict[str, Any]:
     """Ingest ``cfg`` into ``<opts.out>/<dataset>/``; return the manifest."""
     cfg.validate()
     dataset_dir = Path(opts.out) / cfg.dataset
-    with _exclusive(_ensure_writable(dataset_dir)):
+    with exclusive(_ensure_writable(dataset_dir), f"ingest of {cfg.dataset}"):
         prepare_output(cfg, opts)
         records = read_block_records(dataset_dir)
-        todo = [b for b in range(cfg.num_blocks) if not _block_intact(dataset_dir, records.get(b))]
+        todo = [
+            b for b in range(cfg.num_blocks) if not _block_intact(dataset_dir, records.get(b), opts.verify)
+        ]
         done_episodes = sum(len(block_units(cfg, b)) for b in range(cfg.num_blocks) if b not in todo)
         bar = tqdm(
             total=cfg.episodes,
@@ -96,8 +100,8 @@ def prepare_output(cfg: IngestConfig, opts: RunOptions) -> Path:
     config_path = dataset_dir / CONFIG_NAME
     wanted = cfg.to_dict()
     if config_path.exists():
-        existing = json.loads(config_path.read_text())
-        changes = diff(existing, wanted)
+        existing = _read_config(config_path, opts.overwrite)
+        changes = diff(existing, wanted) if existing is not None else ["ingest_config.json: unreadable"]
         if changes and not opts.overwrite:
             raise IngestError(
                 f"{dataset_dir} already holds shards made with a different config:\n  "
@@ -128,26 +132,27 @@ def remove_dataset_files(dataset_dir: Path, dataset: str) -> None:
         (dataset_dir / name).unlink(missing_ok=True)
 
 
-def _block_intact(dataset_dir: Path, record: BlockRecord | None) -> bool:
-    """A recorded block counts as done only while its shards are all there at their recorded size."""
+def _read_config(path: Path, overwrite: bool) -> dict[str, Any] | None:
+    """The config an earlier run recorded; None when it is unreadable and --overwrite may start over."""
+    try:
+        return read_json(path, "pass --overwrite (ARGS=--overwrite) to delete this dataset's shards and redo")
+    except DataFileError as err:
+        if overwrite:
+            return None
+        raise IngestError(str(err)) from err
+
+
+def _block_intact(dataset_dir: Path, record: BlockRecord | None, verify: bool = True) -> bool:
+    """A recorded block counts as done only while its shards are all there at their recorded size and,
+    with ``verify``, their recorded sha256 (flipped bits keep the size). A damaged block is redone."""
     if record is None:
         return False
     for shard in record.shards:
-        path = dataset_dir / shard.path
-        if not path.exists() or path.stat().st_size != shard.size_bytes:
+        problem = shard_problem(dataset_dir / shard.path, shard.size_bytes, shard.sha256 if verify else None)
+        if problem:
+            log.warning("ingest: redoing block %d: %s", record.block, problem)
             return False
     return True
-
-
-@contextmanager
-def _exclusive(dataset_dir: Path) -> Iterator[Path]:
-    """Refuse two ingests writing the same dataset folder at once."""
-    with open(dataset_dir / ".lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as e:
-            raise IngestError(f"another ingest is writing {dataset_dir}; wait for it or stop it") from e
-        yield dataset_dir
 
 
 def _run_local(

@@ -103,7 +103,10 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not key=value (e.g. model.num_slots=8)")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({err})") from err
         node = nested
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -135,9 +138,40 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def apply_overrides(cfg: T, overrides: dict[str, Any]) -> T:
-    """Return a copy of dataclass ``cfg`` with nested ``overrides`` applied and type-checked."""
-    return from_dict(type(cfg), merge(to_dict(cfg), overrides))
+def apply_overrides(cfg: T, overrides: dict[str, Any], path: str = "") -> T:
+    """Return a copy of dataclass ``cfg`` with nested ``overrides`` applied and type-checked; ``path`` is
+    where ``cfg`` sits in a larger config (``"source."``), for the error messages."""
+    return from_dict(type(cfg), merge(to_dict(cfg), overrides), path)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        repeated = sorted({str(k) for k in keys if keys.count(k) > 1})
+        if repeated:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key(s) {repeated} given twice in one mapping", node.start_mark
+            )
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML preset as a dict: ConfigError naming the file for bad YAML, repeated keys or a top level
+    that is not a mapping of sections."""
+    path = Path(path)
+    try:
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML ({err}); fix the file") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path} must hold a mapping of sections (data:, lam_train:, ...), not a {type(data).__name__}"
+        )
+    return data
 
 
 def diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

@@ -94,11 +94,44 @@ class ClipMeta:
                 f"clip meta has format_version {version}, this code reads {FORMAT_VERSION}: "
                 "re-ingest the shards or use a matching version of this package"
             )
+        return cls.checked(raw)
+
+    @classmethod
+    def checked(cls, raw: Any) -> ClipMeta:
+        """Build from a parsed JSON dict, refusing (ValueError) missing or unknown fields, values of the
+        wrong type and impossible numbers: a meta is data from a file, not a promise."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"clip meta is a {type(raw).__name__}, not a JSON object")
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(raw) - names
-        if unknown:
-            raise ValueError(f"clip meta has unknown fields {sorted(unknown)}")
+        unknown, missing = set(raw) - names, _REQUIRED - set(raw)
+        if unknown or missing:
+            raise ValueError(f"clip meta has unknown fields {sorted(unknown)}, lacks {sorted(missing)}")
+        for name, value in raw.items():
+            kind = _META_TYPES[name]
+            ok = isinstance(value, kind) and not (kind in (int, (int, float)) and isinstance(value, bool))
+            if not ok:
+                raise ValueError(f"clip meta field {name} is {type(value).__name__} {value!r:.40}")
+        for name in ("episode", "clip", "start_frame"):
+            if raw[name] < 0:
+                raise ValueError(f"clip meta field {name} is {raw[name]}, must be >= 0")
+        for name in ("num_frames", "height", "width"):
+            if raw[name] < 1:
+                raise ValueError(f"clip meta field {name} is {raw[name]}, must be >= 1")
+        if raw["video_ext"] not in VIDEO_EXTS:
+            raise ValueError(f"clip meta video_ext {raw['video_ext']!r} is not one of {VIDEO_EXTS}")
         return cls(**raw)
+
+
+# What a meta's JSON values must be (JSON numbers: int, or int/float for fps).
+_META_TYPES: dict[str, Any] = {
+    **{name: str for name in ("dataset", "source", "split", "codec", "video_ext")},
+    **{name: int for name in ("episode", "clip", "start_frame", "num_frames", "height", "width")},
+    **{name: bool for name in ("lossless", "has_actions", "has_positions")},
+    "fps": (int, float),
+    "info": dict,
+    "format_version": int,
+}
+_REQUIRED = set(_META_TYPES) - {"info", "format_version"}
 
 
 @dataclass

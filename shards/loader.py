@@ -89,7 +89,7 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 
 from shards.format import ACTIONS_KEY, FORMAT_VERSION, META_KEY, POSITIONS_KEY, SPLITS, ClipMeta, npy_load
 from shards.manifest import load_manifest
-from shards.video import decode_video
+from shards.video import VideoShapeError, check_frames, decode_video, decord_frames
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,9 @@ LAYOUTS = ("THWC", "TCHW")
 SKIP_REASONS = ("tar", "missing", "meta", "array", "decode", "shape")
 STATE_VERSION = 1
 EMPTY_EPOCH_LIMIT = 8
+# Decoded size above which a clip is refused whatever its meta says (the meta is data, not a promise):
+# 1 GiB is 64x a 16-frame 1024x1024 clip. Raise it here for longer or larger clips.
+MAX_CLIP_BYTES = 1 << 30
 # Salts keep the shard order, buffer draws and window starts independent streams of one seed.
 _SHARD_SALT, _BUFFER_SALT, _WINDOW_SALT = 0x5A4D, 0xB0FF, 0x3D0E
 
@@ -106,8 +109,12 @@ _SHARD_SALT, _BUFFER_SALT, _WINDOW_SALT = 0x5A4D, 0xB0FF, 0x3D0E
 
 @dataclass(frozen=True)
 class ShardInfo:
+    """A shard and what its manifest says about it (None for an explicit list of paths)."""
+
     path: str
-    num_samples: int | None = None  # from the manifest; None for an explicit list of paths
+    num_samples: int | None = None
+    sha256: str | None = None
+    size_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -129,7 +136,9 @@ def list_shards(dataset_dir: str | Path, split: str) -> list[ShardInfo]:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     manifest = load_manifest(dataset_dir)
     shards = [
-        ShardInfo(str(Path(dataset_dir) / s["path"]), int(s["num_samples"]))
+        ShardInfo(
+            str(Path(dataset_dir) / s["path"]), int(s["num_samples"]), str(s["sha256"]), int(s["size_bytes"])
+        )
         for s in manifest["shards"]
         if s["split"] == split
     ]
@@ -473,8 +482,8 @@ def decode_sample(
         raise SampleError("missing", f"no .{META_KEY} member (has {sorted(members)})")
     try:
         meta_dict = json.loads(members[META_KEY])
-    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
-        raise SampleError("meta", f"unreadable meta: {err}") from err
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, bad UTF-8, absurd nesting
+        raise SampleError("meta", f"unreadable meta: {type(err).__name__}: {err}") from err
     if not isinstance(meta_dict, dict):
         raise SampleError("meta", "meta is not a JSON object")
     if meta_dict.get("format_version") != FORMAT_VERSION:
@@ -484,11 +493,17 @@ def decode_sample(
             f"code reads {FORMAT_VERSION}: re-ingest the dataset"
         )
     try:
-        meta = ClipMeta(**meta_dict)
-    except TypeError as err:  # missing or unknown fields
+        meta = ClipMeta.checked(meta_dict)
+    except ValueError as err:  # missing or unknown fields, wrong types or ranges
         raise SampleError("meta", f"meta does not match ClipMeta: {err}") from err
 
     t = meta.num_frames
+    if t * meta.height * meta.width * 3 > MAX_CLIP_BYTES:
+        raise SampleError(
+            "shape",
+            f"meta says {t} frames of {meta.height}x{meta.width}: over {MAX_CLIP_BYTES} bytes decoded "
+            "(shards.loader.MAX_CLIP_BYTES)",
+        )
     if window is not None and window > t:
         raise ValueError(f"window={window} is longer than clip {raw.key} ({t} frames)")
     start = window_start(raw.key, t, window, seed, epoch)
@@ -513,7 +528,7 @@ def decode_sample(
             raise SampleError("shape", f"{name} has shape {array.shape}, the clip has {t} frames")
         arrays[name] = torch.from_numpy(array[start:stop].copy())  # npy members load read-only
 
-    frames = _decode_frames(members[meta.video_ext], start, stop, t, backend)
+    frames = _decode_frames(members[meta.video_ext], start, stop, (t, meta.height, meta.width), backend)
     if frames.shape[1:] != (meta.height, meta.width, 3):
         raise SampleError("shape", f"frames are {frames.shape[1:]}, the meta says {meta.height}x{meta.width}")
     tensor = torch.from_numpy(frames)
@@ -572,43 +587,43 @@ def _decode_errors() -> tuple[type[BaseException], ...]:
 _DECODE_ERRORS: tuple[type[BaseException], ...] | None = None
 
 
-def _decode_frames(data: bytes, start: int, stop: int, num_frames: int, backend: str) -> np.ndarray:
-    """Frames [stop - start, H, W, 3] uint8 of a clip of ``num_frames``. A window is read with decord's
-    get_batch on just its frames (decoding stops after the window's last frame); a full clip goes
-    through ``shards.video.decode_video`` (decord, PyAV fallback)."""
+def _decode_frames(
+    data: bytes, start: int, stop: int, expect: tuple[int, int, int], backend: str
+) -> np.ndarray:
+    """Frames [stop - start, H, W, 3] uint8 of a clip of ``expect`` = (T, H, W) per its meta. A window is
+    read with decord's get_batch on just its frames (decoding stops after the window's last frame); a
+    full clip goes through ``shards.video.decode_video`` (decord, PyAV fallback). Either way the frame
+    count and size are checked before the frames are allocated (a decompression bomb is a skip)."""
     global _DECODE_ERRORS
     if _DECODE_ERRORS is None:
         _DECODE_ERRORS = _decode_errors()
     try:
-        if (start, stop) != (0, num_frames) and backend != "pyav" and _have_decord():
-            frames = _decode_window_decord(data, start, stop, num_frames, backend)
+        if (start, stop) != (0, expect[0]) and backend != "pyav" and _have_decord():
+            frames = _decode_window_decord(data, start, stop, expect, backend)
         else:
-            frames = decode_video(data, backend)
-            if frames.shape[0] != num_frames:
-                raise SampleError("shape", f"video has {frames.shape[0]} frames, the meta says {num_frames}")
-            frames = frames[start:stop]
+            frames = decode_video(data, backend, expect)[start:stop]
+    except VideoShapeError as err:
+        raise SampleError("shape", str(err)) from err
     except _DECODE_ERRORS as err:
         raise SampleError("decode", f"{type(err).__name__}: {err}") from err
     return frames if frames.flags.writeable else frames.copy()  # torch wants writable memory
 
 
-def _decode_window_decord(data: bytes, start: int, stop: int, num_frames: int, backend: str) -> np.ndarray:
+def _decode_window_decord(
+    data: bytes, start: int, stop: int, expect: tuple[int, int, int], backend: str
+) -> np.ndarray:
     import decord
     from decord._ffi.base import DECORDError
 
     try:
         reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1)
-        if len(reader) != num_frames:
-            raise SampleError("shape", f"video has {len(reader)} frames, the meta says {num_frames}")
-        return reader.get_batch(list(range(start, stop))).asnumpy()
+        check_frames(len(reader), None, expect)
+        return decord_frames(reader, list(range(start, stop)), expect[1:])
     except (DECORDError, RuntimeError):
         if backend == "decord":
             raise
     # decord cannot copy out a few frame sizes (see shards.video): PyAV decodes the whole clip.
-    frames = decode_video(data, "pyav")
-    if frames.shape[0] != num_frames:
-        raise SampleError("shape", f"video has {frames.shape[0]} frames, the meta says {num_frames}")
-    return frames[start:stop]
+    return decode_video(data, "pyav", expect)[start:stop]
 
 
 _HAVE_DECORD: bool | None = None
@@ -628,9 +643,10 @@ class ClipDataset(IterableDataset):
     """Clips from WebDataset clip shards as dict samples (see the module doc for split, modes, resume).
 
     ``shards``: a dataset folder (``<out>/<dataset>``, read through its manifest; give ``split``) or an
-    explicit sequence of shard paths. ``shuffle`` reshuffles the shard order every epoch from (seed,
-    epoch); ``buffer_size`` > 0 adds a seeded sample shuffle buffer per worker. ``window``: crop a
-    random ``window``-frame span of each clip (start drawn per sample from seed, epoch and key).
+    explicit sequence of shard paths or ``ShardInfo`` (whose sample counts are then checked).
+    ``shuffle`` reshuffles the shard order every epoch from (seed, epoch); ``buffer_size`` > 0 adds a
+    seeded sample shuffle buffer per worker. ``window``: crop a random ``window``-frame span of each
+    clip (start drawn per sample from seed, epoch and key).
     ``rank``/``world_size`` default to torch.distributed, else RANK/WORLD_SIZE, else 0/1.
     """
 
@@ -658,7 +674,7 @@ class ClipDataset(IterableDataset):
         else:
             if split is not None:
                 raise ValueError("split selects from a dataset folder; an explicit shard list has no split")
-            self.shards = [ShardInfo(str(p)) for p in shards]
+            self.shards = [p if isinstance(p, ShardInfo) else ShardInfo(str(p)) for p in shards]
             if not self.shards:
                 raise ValueError("the shard list is empty")
         if layout not in LAYOUTS:

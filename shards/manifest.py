@@ -13,12 +13,16 @@ A block record is written only after its shards are renamed into place, so "reco
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shards.files import DataFileError, read_json
 from shards.format import FORMAT_VERSION, SPLITS
 from shards.writer import atomic_write_bytes
+
+log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 CONFIG_NAME = "ingest_config.json"
@@ -85,10 +89,16 @@ def write_block_record(dataset_dir: Path, record: BlockRecord) -> None:
 
 
 def read_block_records(dataset_dir: Path) -> dict[int, BlockRecord]:
+    """The finished blocks' records. An unreadable record (a damaged file) is left out with a warning, so
+    its block counts as not done and is redone: blocks are deterministic, redoing one is always safe."""
     folder = Path(dataset_dir) / PROGRESS_DIR
     records = {}
     for path in sorted(folder.glob("block-*.json")):
-        record = BlockRecord.from_json(path.read_bytes())
+        try:
+            record = BlockRecord.from_json(path.read_bytes())
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
+            log.warning("ingest: progress record %s is unreadable (%s); its block will be redone", path, err)
+            continue
         records[record.block] = record
     return records
 
@@ -148,7 +158,9 @@ def load_manifest(dataset_dir: str | Path) -> dict[str, Any]:
             else ""
         )
         raise FileNotFoundError(f"no manifest at {path}{hint}; run `make ingest DATASET=...` first")
-    manifest = json.loads(path.read_text())
+    manifest = read_json(path, "rerun the same `make ingest` command: it rebuilds the manifest")
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
+        raise DataFileError(f"{path} is not a manifest of this project; rerun the same `make ingest` command")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"{path} has format_version {manifest.get('format_version')}, this code reads "

@@ -7,19 +7,26 @@ Layout (``<out>/<dataset>/tokens/<tokenizer-id>/<split>/``):
     parts/<shard-stem>/actions.npy     int64  [F] or [F, A]    (only when the clips have actions)
     parts/<shard-stem>/positions.npy   int64  [F, A, 2]        (only when the clips have positions)
     parts/<shard-stem>/keys.json       the C sample keys, in order
-    index.json                          written last: parts in manifest order with counts, plus
-                                        CacheInfo (tokenizer id, manifest hash, levels, grid, version)
+    parts/<shard-stem>/part.json       written last: clips expected (manifest) and cached, complete or
+                                        not and why, and the size + sha256 of every file above
+    index.json                          written last: parts in manifest order with their part.json
+                                        records, plus CacheInfo (tokenizer id, manifest hash, levels,
+                                        grid, version)
 
 One part per source shard, written to a temporary folder and renamed, so a killed precompute leaves
-only complete parts and a rerun does the rest. Codes map back to FSQ vectors exactly
-(``model.fsq.FSQ.indices_to_codes``), so caching codes loses nothing. The reader refuses a cache made
-by another tokenizer or from other shards (``check``).
+only whole parts and a rerun does the rest. A part is done only when it holds every clip its shard's
+manifest entry lists and its files match their checksums: a part from a short, missing or damaged
+shard is written (with what could be read) but marked incomplete, and a rerun redoes it. Codes map
+back to FSQ vectors exactly (``model.fsq.FSQ.indices_to_codes``), so caching codes loses nothing. The
+reader refuses a cache made by another tokenizer or from other shards (``check``), names the parts that
+are incomplete (``missing``), and checks every file against its checksum (``verify``).
 """
 
 from __future__ import annotations
 
 import bisect
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -31,15 +38,23 @@ from typing import Any
 import numpy as np
 import torch
 
+from shards.files import DataFileError, read_json
+from shards.integrity import require_complete
 from shards.manifest import MANIFEST_NAME
-from shards.writer import fsync_dir
+from shards.writer import fsync_dir, sha256_file
 
-TOKEN_FORMAT_VERSION = 1
+TOKEN_FORMAT_VERSION = 2  # 2: part.json with counts, completeness and checksums
 INDEX_NAME = "index.json"
+PART_RECORD = "part.json"
+RERUN = "rerun `make precompute` (it redoes incomplete or damaged parts)"
 
 
 class StaleCacheError(RuntimeError):
     """The cache was made by another tokenizer or from other shards than the ones asked for."""
+
+
+class CorruptCacheError(RuntimeError):
+    """A part's files are missing or differ from the checksums written with them."""
 
 
 @dataclass(frozen=True)
@@ -63,18 +78,57 @@ def manifest_sha256(dataset_dir: str | Path) -> str:
 
 def file_id(path: str | Path, length: int = 16) -> str:
     """Short content hash of a file (the tokenizer id of a checkpoint)."""
-    digest = hashlib.sha256()
-    with open(Path(path).resolve(), "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()[:length]
+    return sha256_file(Path(path).resolve())[:length]
 
 
 # ----------------------------------------------------------------------------- writing
 
 
-def part_done(split_dir: Path, shard_stem: str) -> bool:
-    return (split_dir / "parts" / shard_stem / "keys.json").exists()
+def read_part_record(split_dir: Path, shard_stem: str) -> dict[str, Any] | None:
+    """A part's ``part.json``, or None when the part is absent or its record unreadable."""
+    path = split_dir / "parts" / shard_stem / PART_RECORD
+    try:
+        record = read_json(path, RERUN)
+    except DataFileError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("files"), dict) else None
+
+
+def file_problems(part_dir: Path, files: dict[str, dict[str, Any]], checksums: bool = True) -> list[str]:
+    """What is wrong with a part's files against their record: missing, other size, other sha256."""
+    problems = []
+    for name, want in sorted(files.items()):
+        path = part_dir / name
+        if not path.is_file():
+            problems.append(f"{path} is missing")
+        elif path.stat().st_size != want["bytes"]:
+            problems.append(f"{path} has {path.stat().st_size} bytes, {want['bytes']} were written")
+        elif checksums and sha256_file(path) != want["sha256"]:
+            problems.append(f"{path} fails its sha256 check")
+    return problems
+
+
+def part_done(split_dir: Path, shard_stem: str, expected: int | None = None) -> bool:
+    """True when the part is complete (every clip of its shard, ``expected`` when given) and its files
+    match their checksums. Anything else is redone by precompute."""
+    record = read_part_record(split_dir, shard_stem)
+    if record is None or not record.get("complete") or (expected is not None and record["clips"] != expected):
+        return False
+    return not file_problems(split_dir / "parts" / shard_stem, record["files"])
+
+
+def _write_durably(path: Path, data: bytes) -> dict[str, Any]:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
 
 
 def write_part(
@@ -86,8 +140,11 @@ def write_part(
     clip_ids: list[int],
     actions: list[np.ndarray] | None = None,
     positions: list[np.ndarray] | None = None,
-) -> None:
-    """Write one shard's part atomically. ``codes[i]`` is clip i's uint16 [T_i, h, w]."""
+    expected: int | None = None,
+    problem: str = "",
+) -> dict[str, Any]:
+    """Write one shard's part atomically and return its record. ``codes[i]`` is clip i's uint16
+    [T_i, h, w]. The part is complete when there is no ``problem`` and it holds ``expected`` clips."""
     parts = split_dir / "parts"
     parts.mkdir(parents=True, exist_ok=True)
     tmp = parts / f".{shard_stem}.{uuid.uuid4().hex[:8]}.tmp"
@@ -106,21 +163,37 @@ def write_part(
         arrays["actions"] = _concat(actions, np.int64)
     if positions is not None:
         arrays["positions"] = _concat(positions, np.int64)
-    for name, array in arrays.items():
-        with open(tmp / f"{name}.npy", "wb") as f:
-            np.save(f, array, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-    # keys.json last: its presence marks the part complete even before the rename is durable
-    with open(tmp / "keys.json", "w") as f:
-        json.dump(keys, f)
-        f.flush()
-        os.fsync(f.fileno())
+    files = {f"{name}.npy": _write_durably(tmp / f"{name}.npy", _npy_bytes(a)) for name, a in arrays.items()}
+    files["keys.json"] = _write_durably(tmp / "keys.json", json.dumps(keys).encode())
+    if not problem and expected is not None and len(codes) != expected:
+        problem = f"{len(codes)} of the {expected} clips its manifest entry lists were decoded"
+    record = {
+        "name": shard_stem,
+        "clips": len(codes),
+        "frames": int(sum(lengths)),
+        "expected": len(codes) if expected is None else int(expected),
+        "complete": not problem,
+        "problem": problem,
+        "files": files,
+    }
+    # part.json last: a part without one is unfinished, whatever else it holds
+    _write_durably(tmp / PART_RECORD, json.dumps(record, sort_keys=True, indent=1).encode())
     final = parts / shard_stem
-    if final.exists():  # a part left by a run with the same inputs; replace it whole
+    if final.exists():  # a part left by an earlier run (incomplete or damaged); replace it whole
         shutil.rmtree(final)
     os.replace(tmp, final)
     fsync_dir(parts)
+    return record
+
+
+def mark_incomplete(split_dir: Path, shard_stem: str, problem: str) -> None:
+    """Record that a written part is not complete after all (its shard turned out to hold more clips
+    than its manifest entry lists), so that training refuses it and a rerun redoes it."""
+    path = split_dir / "parts" / shard_stem / PART_RECORD
+    record = {**read_json(path, RERUN), "complete": False, "problem": problem}
+    tmp = path.with_name(f".{PART_RECORD}.{uuid.uuid4().hex[:8]}.tmp")
+    _write_durably(tmp, json.dumps(record, sort_keys=True, indent=1).encode())
+    os.replace(tmp, path)
 
 
 def _concat(arrays: list[np.ndarray], dtype) -> np.ndarray:
@@ -129,19 +202,20 @@ def _concat(arrays: list[np.ndarray], dtype) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate(arrays).astype(dtype, copy=False))
 
 
-def write_index(split_dir: Path, info: CacheInfo, shard_stems: list[str]) -> None:
-    """Write ``index.json`` once every part exists (call on one rank)."""
+def write_index(split_dir: Path, info: CacheInfo, shard_stems: list[str]) -> dict[str, Any]:
+    """Write ``index.json`` once every part exists (call on one rank): the parts' records in order."""
     parts = []
     for stem in shard_stems:
-        clips = np.load(split_dir / "parts" / stem / "clips.npy", mmap_mode="r")
-        parts.append(
-            {"name": stem, "clips": len(clips), "frames": int(clips[:, 1].sum()) if len(clips) else 0}
-        )
+        record = read_part_record(split_dir, stem)
+        if record is None:
+            raise CorruptCacheError(f"{split_dir / 'parts' / stem} has no readable {PART_RECORD}: {RERUN}")
+        parts.append(record)
     index = {"info": asdict(info), "parts": parts}
     tmp = split_dir / f".{INDEX_NAME}.{uuid.uuid4().hex[:8]}.tmp"
     tmp.write_text(json.dumps(index, indent=1))
     os.replace(tmp, split_dir / INDEX_NAME)
     fsync_dir(split_dir)
+    return index
 
 
 def clear_stale_temporaries(split_dir: Path) -> None:
@@ -166,16 +240,20 @@ class TokenCache:
                 f"no token cache at {self.dir} ({INDEX_NAME} missing): run `make precompute` for this "
                 "dataset and tokenizer first (an interrupted precompute resumes when rerun)"
             )
-        index = json.loads(path.read_text())
-        raw = index["info"]
-        self.info = CacheInfo(**{**raw, "levels": tuple(raw["levels"]), "grid": tuple(raw["grid"])})
-        if self.info.format_version != TOKEN_FORMAT_VERSION:
+        index = read_json(path, RERUN)
+        try:
+            raw = index["info"]
+            version = raw["format_version"]
+        except (KeyError, TypeError) as err:
+            raise DataFileError(f"{path} is not a token-cache index: {RERUN}") from err
+        if version != TOKEN_FORMAT_VERSION:
             raise StaleCacheError(
-                f"{self.dir} has token format {self.info.format_version}, this code reads "
-                f"{TOKEN_FORMAT_VERSION}: rerun precompute"
+                f"{self.dir} has token format {version}, this code reads {TOKEN_FORMAT_VERSION}: {RERUN}"
             )
-        self.parts = [p["name"] for p in index["parts"]]
-        counts = [p["clips"] for p in index["parts"]]
+        self.info = CacheInfo(**{**raw, "levels": tuple(raw["levels"]), "grid": tuple(raw["grid"])})
+        self.records: list[dict[str, Any]] = index["parts"]
+        self.parts = [p["name"] for p in self.records]
+        counts = [p["clips"] for p in self.records]
         self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._arrays: dict[tuple[int, str], np.ndarray | None] = {}
 
@@ -192,6 +270,26 @@ class TokenCache:
                 "was re-ingested since; rerun `make precompute`"
             )
 
+    @property
+    def missing(self) -> dict[str, dict[str, Any]]:
+        """Incomplete parts as ``{shard stem: {"expected", "got", "problem"}}`` (empty when whole)."""
+        return {
+            p["name"]: {"expected": p["expected"], "got": p["clips"], "problem": p["problem"]}
+            for p in self.records
+            if not p["complete"]
+        }
+
+    def verify(self, checksums: bool = True) -> None:
+        """Check every part's files against the sizes and sha256 written with them (CorruptCacheError)."""
+        problems = [
+            problem
+            for record in self.records
+            for problem in file_problems(self.dir / "parts" / record["name"], record["files"], checksums)
+        ]
+        if problems:
+            listed = "\n  ".join(problems)
+            raise CorruptCacheError(f"token cache {self.dir} is damaged:\n  {listed}\n{RERUN}")
+
     def __len__(self) -> int:
         return int(self._offsets[-1])
 
@@ -200,10 +298,17 @@ class TokenCache:
         return int(sum(len(self._array(p, "codes")) for p in range(len(self.parts))))
 
     def _array(self, part: int, name: str) -> np.ndarray | None:
+        """A part's array, memory-mapped; None for ground truth the cache does not hold."""
         key = (part, name)
         if key not in self._arrays:
             path = self.dir / "parts" / self.parts[part] / f"{name}.npy"
-            self._arrays[key] = np.load(path, mmap_mode="r") if path.exists() else None
+            if f"{name}.npy" not in self.records[part]["files"]:
+                self._arrays[key] = None
+            else:
+                try:
+                    self._arrays[key] = np.load(path, mmap_mode="r")
+                except (OSError, ValueError) as err:
+                    raise CorruptCacheError(f"cannot read {path} ({err}): {RERUN}") from err
         return self._arrays[key]
 
     def locate(self, i: int) -> tuple[int, int]:
@@ -217,7 +322,7 @@ class TokenCache:
         """Sample keys of every clip, in cache order."""
         keys: list[str] = []
         for name in self.parts:
-            keys.extend(json.loads((self.dir / "parts" / name / "keys.json").read_text()))
+            keys.extend(read_json(self.dir / "parts" / name / "keys.json", RERUN))
         return keys
 
     def clip_lengths(self) -> np.ndarray:
@@ -245,6 +350,26 @@ class TokenCache:
             if array is not None:
                 out[name] = array[lo:hi]
         return out
+
+
+def open_checked(
+    split_dir: str | Path,
+    tokenizer_id: str,
+    manifest_hash: str,
+    *,
+    allow_partial: bool,
+    opt_in: str,
+    verify: bool = True,
+) -> TokenCache:
+    """The cache a trainer may use: made by this tokenizer from these shards (StaleCacheError), files
+    matching their checksums when ``verify`` (CorruptCacheError), and complete unless ``allow_partial``
+    (PartialDataError naming the parts and ``opt_in``, the config key that accepts the loss)."""
+    cache = TokenCache(split_dir)
+    cache.check(tokenizer_id, manifest_hash)
+    if verify:
+        cache.verify()
+    require_complete(cache.missing, f"token cache {cache.dir}", opt_in, allow_partial)
+    return cache
 
 
 class TokenWindows(torch.utils.data.Dataset):

@@ -101,24 +101,33 @@ def _fps_fraction(fps: float):
     return Fraction(fps).limit_denominator(1001)
 
 
-def decode_video(data: bytes, backend: str = "auto") -> np.ndarray:
+class VideoShapeError(ValueError):
+    """The video does not hold the frames its sample's meta promises (count or size); raised before the
+    frames are allocated, so a small crafted file cannot expand into gigabytes."""
+
+
+def decode_video(
+    data: bytes, backend: str = "auto", expect: tuple[int, int, int] | None = None
+) -> np.ndarray:
     """Decode a video file held in memory into uint8 frames [T, H, W, 3] (RGB).
 
     ``backend``: "decord", "pyav" or "auto" (decord when importable, else PyAV; PyAV also takes over
-    the few frame sizes decord 0.6 cannot copy out, e.g. 16 or 48 pixels wide).
+    the few frame sizes decord 0.6 cannot copy out, e.g. 16 or 48 pixels wide). ``expect``: the
+    (T, H, W) the caller knows; the frame count and the first frame's size are checked against it
+    before the rest is decoded (VideoShapeError), which bounds memory by the expected clip.
     """
     if backend not in ("auto", "decord", "pyav"):
         raise ValueError(f"unknown decode backend {backend!r}; expected auto, decord or pyav")
     if backend == "decord":
-        return _decode_decord(data)
+        return _decode_decord(data, expect)
     if backend == "auto" and _have_decord():
         from decord._ffi.base import DECORDError
 
         try:
-            return _decode_decord(data)
+            return _decode_decord(data, expect)
         except (DECORDError, RuntimeError):  # decord raises a bare RuntimeError on bytes it cannot open
             pass
-    return _decode_pyav(data)
+    return _decode_pyav(data, expect)
 
 
 def _have_decord() -> bool:
@@ -127,21 +136,54 @@ def _have_decord() -> bool:
     return importlib.util.find_spec("decord") is not None
 
 
-def _decode_decord(data: bytes) -> np.ndarray:
+def check_frames(num_frames: int | None, size: tuple[int, ...] | None, expect: tuple[int, int, int]) -> None:
+    """Raise VideoShapeError when a video's frame count or first frame's (H, W) differ from ``expect``."""
+    t, h, w = expect
+    if num_frames is not None and num_frames != t:
+        raise VideoShapeError(f"video has {num_frames} frames, the meta says {t}")
+    if size is not None and tuple(size[:2]) != (h, w):
+        raise VideoShapeError(f"frames are {size[0]}x{size[1]}, the meta says {h}x{w}")
+
+
+def decord_frames(reader, indices: list[int], size: tuple[int, int] | None = None) -> np.ndarray:
+    """Frames ``indices`` of a decord VideoReader as uint8 [len, H, W, 3]. With ``size`` (H, W), the first
+    frame is decoded alone and checked before the others are (same speed: decord decodes in order)."""
+    if size is None or len(indices) < 2:
+        frames = reader.get_batch(indices).asnumpy()
+        if size is not None:
+            check_frames(None, frames.shape[1:], (len(indices), *size))
+        return frames
+    first = reader.get_batch(indices[:1]).asnumpy()
+    check_frames(None, first.shape[1:], (len(indices), *size))
+    return np.concatenate([first, reader.get_batch(indices[1:]).asnumpy()])
+
+
+def _decode_decord(data: bytes, expect: tuple[int, int, int] | None = None) -> np.ndarray:
     import decord
 
     reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1)
-    frames = reader.get_batch(list(range(len(reader)))).asnumpy()
+    if expect is not None:
+        check_frames(len(reader), None, expect)
+    frames = decord_frames(reader, list(range(len(reader))), None if expect is None else expect[1:])
     return np.ascontiguousarray(frames, dtype=np.uint8)
 
 
-def _decode_pyav(data: bytes) -> np.ndarray:
+def _decode_pyav(data: bytes, expect: tuple[int, int, int] | None = None) -> np.ndarray:
     import av
 
+    frames = []
     with av.open(io.BytesIO(data), mode="r") as container:
         stream = container.streams.video[0]
         stream.thread_count = 1
-        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+        if expect is not None:  # the header's size (and count, where the container has one) first
+            size = (stream.codec_context.height, stream.codec_context.width)
+            check_frames(stream.frames or None, size, expect)
+        for frame in container.decode(stream):
+            if expect is not None and len(frames) == expect[0]:
+                raise VideoShapeError(f"video has more than {expect[0]} frames, the meta says {expect[0]}")
+            frames.append(frame.to_ndarray(format="rgb24"))
     if not frames:
         raise ValueError("video holds no frames")
+    if expect is not None:
+        check_frames(len(frames), frames[0].shape, expect)
     return np.stack(frames)

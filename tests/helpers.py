@@ -17,6 +17,24 @@ from shards.config import to_dict
 from train.common import Checkpoints
 
 TINY_TOKENIZER = TokenizerConfig(channels=(8, 8, 8), num_res_blocks=1)
+# A FLAM small enough to train a few steps on CPU in seconds (overrides of configs/demo.yaml).
+TINY_LAM = [
+    "lam.dim=32",
+    "lam.num_heads=2",
+    "lam.depth=1",
+    "lam.num_slots=4",
+    "lam.slot_iters=2",
+    "lam_train.batch_size=4",
+    "lam_train.window=4",
+    "lam.max_frames=4",
+    "lam_train.window_stride=4",
+    "lam_train.log_every=2",
+    "lam_train.val_every=1000",
+    "lam_train.val_clips=2",
+    "lam_train.rollout_steps=3",
+    "lam_train.warmup_steps=2",
+    "lam_train.lr=1e-3",
+]
 
 
 def ingest_multigrid(out: Path, episodes: int = 20, episode_len: int = 16, clip_len: int = 8) -> Path:
@@ -109,3 +127,29 @@ def random_walkers(
                 features[c, s, pos[e, 0] * grid + pos[e, 1]] = sprite.roll(e)
             pos = (pos + WALKER_MOVES[actions[c, s]]) % grid
     return features, actions, positions
+
+
+def precompute_config(root: Path, *overrides: str):
+    """configs/demo.yaml for precompute on ``root``: one process, no workers, a small Recon report."""
+    from train.config import load_config
+
+    base = [f"data.root={root}", "data.num_workers=0", "precompute.batch_clips=8"]
+    base.append("precompute.report_clips=4")
+    return load_config(Path(__file__).resolve().parents[1] / "configs/demo.yaml", [*base, *overrides])
+
+
+def copy_dataset(root: Path, dest: Path) -> Path:
+    """A copy of ``root``'s shards and manifest (no token cache) under ``dest``; returns ``dest``."""
+    import shutil
+
+    shutil.copytree(root / "multigrid", dest / "multigrid", ignore=shutil.ignore_patterns("tokens", ".lock"))
+    return dest
+
+
+def tree_bytes(folder: Path, skip: tuple[str, ...] = (".lock",)) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative path -> bytes), for byte-for-byte comparisons."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name not in skip
+    }

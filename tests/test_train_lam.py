@@ -3,6 +3,7 @@ on loopback, kill + resume == uninterrupted, and clear refusals (stale cache, ba
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -20,25 +21,7 @@ from train.common import load_checkpoint
 from train.config import load_config
 
 from .conftest import REPO
-from .helpers import ingest_multigrid, kill_run, save_tokenizer
-
-TINY_LAM = [
-    "lam.dim=32",
-    "lam.num_heads=2",
-    "lam.depth=1",
-    "lam.num_slots=4",
-    "lam.slot_iters=2",
-    "lam_train.batch_size=4",
-    "lam_train.window=4",
-    "lam.max_frames=4",
-    "lam_train.window_stride=4",
-    "lam_train.log_every=2",
-    "lam_train.val_every=1000",
-    "lam_train.val_clips=2",
-    "lam_train.rollout_steps=3",
-    "lam_train.warmup_steps=2",
-    "lam_train.lr=1e-3",
-]
+from .helpers import TINY_LAM, ingest_multigrid, kill_run, save_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +98,11 @@ def test_world_model_is_refused_on_a_dataset_without_actions(cache, tmp_path):
     shutil.copytree(root / "multigrid", copy / "multigrid")
     for actions in (copy / "multigrid" / "tokens").rglob("actions.npy"):  # as a nuPlan cache: no actions
         actions.unlink()
+    for index in (copy / "multigrid" / "tokens").rglob("index.json"):  # ... and none in its records
+        data = json.loads(index.read_text())
+        for part in data["parts"]:
+            part["files"].pop("actions.npy", None)
+        index.write_text(json.dumps(data))
     args = [*overrides(cache, tmp_path / "run", 2), f"data.root={copy}", "model=world_model"]
     with pytest.raises(ValueError, match="simulators only"):
         train_lam.main(load_config(REPO / "configs/demo.yaml", args))

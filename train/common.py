@@ -6,10 +6,16 @@ gloo on CPU; plain ``python`` runs a single process with no process group.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
+import pickle
 import random
+import shutil
+import sys
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +24,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from shards.config import diff, to_dict
+from shards.files import exclusive
+
 CHECKPOINT_FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, not ours, or holding more than tensors and plain
+    types."""
 
 
 @dataclass(frozen=True)
@@ -97,15 +111,34 @@ def seed_everything(seed: int, rank: int = 0) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's RNG states as tensors and plain types only (a checkpoint loads with
+    ``weights_only=True``): numpy's MT19937 key becomes an int64 tensor [624]."""
+    _, key, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),  # (version, tuple of 625 ints, gauss or None): plain types
+        "numpy": {
+            "key": torch.from_numpy(key.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(gauss),
+        },
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore ``rng_state()`` (or the numpy tuple older checkpoints hold). The byte tensors must be on
+    the CPU: ``load_checkpoint`` keeps them there whatever the map location."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        key = numpy_state["key"].numpy().astype(np.uint32)
+        rest = (numpy_state[k] for k in ("pos", "has_gauss", "cached_gaussian"))
+        numpy_state = ("MT19937", key, *rest)
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -135,14 +168,85 @@ def train_state(model, optimizer, scheduler, step: int, **extra: Any) -> dict[st
 def restore_train_state(state: dict[str, Any], model, optimizer, scheduler, rank: int) -> int:
     """Load ``train_state`` into the objects; set this rank's RNG (or the last saved rank's, when
     resuming on more ranks than saved). Returns the step and leaves the rank's RNG dict in
-    ``state["rng_of_rank"]`` for extras such as generator states."""
+    ``state["rng_of_rank"]`` for extras such as generator states.
+
+    The optimiser's settings (lr, betas, weight decay) stay those it was built with from the current
+    config, not the checkpoint's: when a changed config was allowed (``check_resume``), the new values
+    really apply; when nothing changed they are the same numbers, so the resume is still exact."""
+    configured = [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in optimizer.param_groups]
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    apply_optimizer_settings(optimizer, scheduler, configured)
     rngs = state["rng"][min(rank, len(state["rng"]) - 1)]
     set_rng_state(rngs)
     state["rng_of_rank"] = rngs
     return int(state["step"])
+
+
+def apply_optimizer_settings(optimizer, scheduler, configured: list[dict[str, Any]]) -> None:
+    """Put the configured settings (``initial_lr`` = the config's lr, betas, ...) back into every param
+    group after a checkpoint load, and recompute the LambdaLR schedule's current lr from them."""
+    for group, settings in zip(optimizer.param_groups, configured, strict=True):
+        group.update(settings)
+    scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+    groups = zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
+    for group, base, factor in groups:
+        group["lr"] = base * factor(scheduler.last_epoch)  # LambdaLR's own formula: same float
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+def resume_changes(saved: dict[str, Any], current: dict[str, Any], free: dict[str, set[str]]) -> list[str]:
+    """Settings that differ between a checkpoint's config and this run's, over the sections of ``free``
+    (each with the keys that may change on resume: step counts, logging, paths, opt-in flags)."""
+    changes = []
+    for section, keys in free.items():
+        old = {k: v for k, v in saved.get(section, {}).items() if k not in keys}
+        new = {k: v for k, v in current[section].items() if k not in keys}
+        changes += diff(old, new, f"{section}.")
+    return changes
+
+
+def check_resume(
+    state: dict[str, Any], cfg: Any, free: dict[str, set[str]], section: str, run_dir: Path, is_main: bool
+) -> None:
+    """Refuse to resume from ``state`` with changed settings (ValueError listing them) unless the run's
+    ``<section>.allow_config_change`` is set; then say so and keep the old config.yaml beside the new one
+    as ``config.until-step-N.yaml``. ``cfg`` is the run's Config, ``free`` as in ``resume_changes``."""
+    current, step = to_dict(cfg), int(state["step"])
+    changes = resume_changes(state["config"], current, free)
+    if not changes:
+        return
+    listed, opt_in = "\n  ".join(changes), f"{section}.allow_config_change"
+    if not current[section]["allow_config_change"]:
+        raise ValueError(
+            f"{run_dir} was trained with other settings (checkpoint at step {step}):\n  {listed}\n"
+            f"Resume with the same settings, start a new run_dir, or pass {opt_in}=true to go on with the "
+            "new values (they are applied, and the old config.yaml is kept beside the new one)."
+        )
+    print(f"resuming at step {step} with changed settings ({opt_in}):\n  {listed}", file=sys.stderr)
+    old = run_dir / "config.yaml"
+    if is_main and old.exists():
+        shutil.copyfile(old, run_dir / f"config.until-step-{step:07d}.yaml")
+
+
+def record_missing(run_dir: Path, missing: dict[str, Any]) -> None:
+    """Write what a run trains without (allow_partial) to ``<run>/missing_data.json`` and say so."""
+    path = Path(run_dir) / "missing_data.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(missing, indent=1, sort_keys=True))
+    print(f"training without the data of {len(missing)} shard(s) (allow_partial): {path}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, what: str) -> Iterator[None]:
+    """One job per run folder: rank 0 (RANK from torchrun; 0 for one process) holds ``<run>/.lock`` for
+    the job, and a second job into the same folder is refused naming the holder."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    with exclusive(run_dir, what):
+        yield
 
 
 def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
@@ -174,6 +278,8 @@ class Checkpoints:
     def __init__(self, run_dir: str | Path, keep_last: int = 3) -> None:
         self.dir = Path(run_dir) / "ckpt"
         self.keep_last = keep_last
+        self._resumed = False  # load_latest succeeded: only then may a save prune older checkpoints
+        self._unreadable: set[Path] = set()  # checkpoints load_latest could not use: never counted, kept
 
     @property
     def latest(self) -> Path:
@@ -197,11 +303,13 @@ class Checkpoints:
             os.fsync(fd)
         finally:
             os.close(fd)
-        self._prune()
+        if self._resumed:  # never delete what a failed or skipped resume has not looked at
+            self._prune()
         return self.dir / name
 
     def _prune(self) -> None:
         files = sorted(self.dir.glob("ckpt-*.pt"), key=lambda p: p.stat().st_mtime_ns)
+        files = [p for p in files if p.resolve() not in self._unreadable]
         keep = {self.latest.resolve()}
         for path in files[: max(0, len(files) - self.keep_last)]:
             if path.resolve() not in keep:
@@ -213,23 +321,101 @@ class Checkpoints:
         for tmp in self.dir.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
 
+    def _candidates(self) -> list[Path]:
+        """What to try, best first: the target of ``latest``, then every checkpoint, newest first."""
+        files = sorted(self.dir.glob("ckpt-*.pt"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+        first = [self.latest.resolve()] if self.latest.exists() else []
+        return first + [p for p in files if p.resolve() not in first]
+
     def load_latest(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+        """The state to resume from, None for a fresh run (no checkpoint at all). When ``latest`` is
+        dangling, truncated, empty or not ours, the newest loadable checkpoint is used with a warning
+        naming what was skipped; when none loads, CheckpointError: never a silent restart from step 0.
+        ``map_location`` applies to the weights; RNG states stay on the CPU (see ``load_checkpoint``)."""
         self.clear_stale_temporaries()
-        if not self.latest.exists():
-            return None
-        return load_checkpoint(self.latest, map_location)
+        candidates = self._candidates()
+        problems = []
+        if self.latest.is_symlink() and not self.latest.exists():
+            problems.append(f"{self.latest} points to {os.readlink(self.latest)}, which is missing")
+        for path in candidates:
+            try:
+                state = load_checkpoint(path, map_location)
+            except CheckpointError as err:
+                problems.append(str(err))
+                self._unreadable.add(path.resolve())
+                continue
+            if problems:
+                print(
+                    "warning: skipped unusable checkpoint(s):\n  "
+                    + "\n  ".join(problems)
+                    + f"\nresuming from {path} (step {state.get('step')})",
+                    file=sys.stderr,
+                )
+            self._resumed = True
+            return state
+        if problems:
+            raise CheckpointError(
+                f"{self.dir} holds checkpoints but none can be loaded:\n  "
+                + "\n  ".join(problems)
+                + f"\nRestore a checkpoint, or move {self.dir.parent} away to start this run over"
+            )
+        self._resumed = True
+        return None
+
+
+def _allowed_numpy_globals() -> list[Any]:
+    """The numpy globals of the RNG state that checkpoints before the tensor-only format hold: rebuilding
+    a plain array runs no code, so ``weights_only=True`` may allow them."""
+    if hasattr(np, "_core"):  # numpy 2 (numpy.core is a deprecated alias there)
+        from numpy._core import multiarray
+    else:
+        from numpy.core import multiarray
+
+    allowed = [multiarray._reconstruct, np.ndarray, np.dtype]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        allowed += [dtypes.UInt32DType, dtypes.Int64DType, dtypes.Float64DType]
+    return allowed
+
+
+def _to_device(value: Any, device: str | torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    return value
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by ``Checkpoints.save`` (``weights_only=False``: ours hold RNG state and
-    config dicts; never load checkpoints from untrusted sources)."""
+    """Load a checkpoint written by ``Checkpoints.save``: ``weights_only=True`` (tensors and plain types
+    only, so a crafted file cannot run code), errors that name the file (CheckpointError).
+
+    The file is read onto the CPU; tensors are then moved to ``map_location`` except the RNG states
+    under ``"rng"``, which ``torch.set_rng_state`` / ``Generator.set_state`` accept on the CPU only
+    (loading them straight to CUDA made every GPU resume fail)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}: train one first or fix the path")
-    state = torch.load(path, map_location=map_location, weights_only=False)
-    if state.get("checkpoint_format") != CHECKPOINT_FORMAT_VERSION:
-        fmt = state.get("checkpoint_format")
-        raise ValueError(f"{path} is not a checkpoint of this project (format {fmt})")
+    try:
+        with torch.serialization.safe_globals(_allowed_numpy_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = str(err).strip().splitlines()[-1][:200]
+        raise CheckpointError(
+            f"{path} holds objects other than tensors and plain types ({reason}): refused, as loading it "
+            "could run code. Use checkpoints written by this project only"
+        ) from err
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({type(err).__name__}: {str(err)[:200]}): truncated or damaged"
+        ) from err
+    if not isinstance(state, dict) or state.get("checkpoint_format") != CHECKPOINT_FORMAT_VERSION:
+        fmt = state.get("checkpoint_format") if isinstance(state, dict) else None
+        raise CheckpointError(f"{path} is not a checkpoint of this project (format {fmt})")
+    if torch.device(map_location) != torch.device("cpu"):
+        state = {k: v if k == "rng" else _to_device(v, map_location) for k, v in state.items()}
     return state
 
 

@@ -1,13 +1,14 @@
 """Training configuration: frozen dataclasses (the source of truth), a YAML preset per dataset in
 ``configs/``, and dotted command-line overrides (``tokenizer_train.steps=200``).
 
-A preset only overrides defaults; unknown keys and wrong types are refused. The resolved config is
-saved in the run folder and inside every checkpoint, and frozen components are rebuilt from the config
-stored in their own checkpoint, never from flags re-declared here.
+A preset only overrides defaults; unknown keys, wrong types and numbers out of range are refused with
+the key named. The resolved config is saved in the run folder and inside every checkpoint, and frozen
+components are rebuilt from the config stored in their own checkpoint, never from flags re-declared here.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,27 @@ import yaml
 
 from model.flam import LAMConfig
 from model.tokenizer import TokenizerConfig
-from shards.config import from_dict, merge, parse_overrides, to_dict
+from shards.config import ConfigError, from_dict, load_yaml, merge, parse_overrides, to_dict
+from shards.format import SPLITS
+
+
+def at_least(section: str, cfg: Any, minimum: float, *names: str) -> None:
+    """Refuse ``cfg.<name> < minimum`` with the dotted key named."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value < minimum:
+            raise ConfigError(f"config key '{section}.{name}' must be >= {minimum}, got {value}")
+
+
+def check_optimiser(section: str, cfg: Any) -> None:
+    """lr > 0, weight_decay >= 0, grad_clip > 0, two betas in [0, 1)."""
+    for name in ("lr", "grad_clip"):
+        if not getattr(cfg, name) > 0:
+            raise ConfigError(f"config key '{section}.{name}' must be > 0, got {getattr(cfg, name)}")
+    at_least(section, cfg, 0, "weight_decay")
+    if len(cfg.betas) != 2 or not all(0 <= b < 1 for b in cfg.betas):
+        betas = list(cfg.betas)
+        raise ConfigError(f"config key '{section}.betas' must be two numbers in [0, 1), got {betas}")
 
 
 @dataclass(frozen=True)
@@ -25,6 +46,16 @@ class DataConfig:
     root: str = "data"  # the ingest OUT: shards in <root>/<dataset>/, tokens in <root>/<dataset>/tokens/
     shuffle_buffer: int = 256  # clips held for shuffling by the streaming loader
     num_workers: int = 2  # DataLoader workers per rank (decode runs there)
+    # Check each shard's sha256 against the manifest before reading it (precompute, evaluation, the
+    # tokenizer's start); false: size only, for sets too large to hash on every run.
+    verify_shards: bool = True
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z0-9_]+", self.dataset):
+            raise ConfigError(
+                f"config key 'data.dataset' must be lowercase letters, digits and '_', got {self.dataset!r}"
+            )
+        at_least("data", self, 0, "shuffle_buffer", "num_workers")
 
 
 @dataclass(frozen=True)
@@ -46,6 +77,14 @@ class TokenizerTrainConfig:
     ckpt_every: int = 1000
     keep_last: int = 3
     val_batches: int = 8  # val reconstruction PSNR at every checkpoint
+    allow_partial: bool = False  # train although train shards are missing or damaged (they are listed)
+    allow_config_change: bool = False  # resume with changed settings (applied, and recorded in the run)
+
+    def __post_init__(self) -> None:
+        at_least("tokenizer_train", self, 0, "steps", "warmup_steps", "seed", "keep_last", "val_batches")
+        at_least("tokenizer_train", self, 1, "batch_size", "frames_per_clip", "log_every", "image_every")
+        at_least("tokenizer_train", self, 1, "ckpt_every")
+        check_optimiser("tokenizer_train", self)
 
 
 @dataclass(frozen=True)
@@ -54,6 +93,12 @@ class PrecomputeConfig:
     bf16: bool = True  # encoder under bf16 autocast on GPU; FSQ always fp32
     splits: tuple[str, ...] = ("train", "val", "test")
     report_clips: int = 64  # clips per split used for the Recon PSNR/SSIM report (0 = all)
+
+    def __post_init__(self) -> None:
+        at_least("precompute", self, 1, "batch_clips")
+        at_least("precompute", self, 0, "report_clips")
+        if not self.splits or not set(self.splits) <= set(SPLITS):
+            raise ConfigError(f"config key 'precompute.splits' must list some of {SPLITS}, got {self.splits}")
 
 
 @dataclass(frozen=True)
@@ -84,6 +129,15 @@ class LAMTrainConfig:
     rollout_steps: int = 8  # n of the n-step autoregressive rollout (paper appendix C.1)
     ckpt_every: int = 1000
     keep_last: int = 3
+    allow_partial: bool = False  # train on a token cache with incomplete parts (recorded in the run)
+    allow_config_change: bool = False  # resume with changed settings (applied, and recorded in the run)
+
+    def __post_init__(self) -> None:
+        at_least("lam_train", self, 0, "steps", "warmup_steps", "seed", "keep_last")
+        at_least("lam_train", self, 1, "batch_size", "window_stride", "log_every", "val_every", "val_clips")
+        at_least("lam_train", self, 1, "rollout_steps", "ckpt_every")
+        at_least("lam_train", self, 2, "window")  # a transition needs two frames
+        check_optimiser("lam_train", self)
 
 
 @dataclass(frozen=True)
@@ -108,6 +162,13 @@ class EvalConfig:
     latent_plot: bool = True  # latent actions in 2D coloured by ground-truth action (paper Fig. 5)
     seed: int = 0
     out: str = ""  # "" -> runs/eval-<dataset>[-<dataset>...]
+    allow_partial: bool = False  # score although shards of the split are missing or damaged (recorded)
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ConfigError(f"config key 'eval.split' must be one of {SPLITS}, got {self.split!r}")
+        at_least("eval", self, 0, "num_clips", "videos", "seed")
+        at_least("eval", self, 1, "context_frames", "rollout_steps", "batch_clips")
 
 
 @dataclass(frozen=True)
@@ -164,8 +225,7 @@ def load_config(path: str | Path | None, overrides: list[str] | dict[str, Any] |
         if not path.exists():
             presets = sorted(p.name for p in Path("configs").glob("*.yaml"))
             raise FileNotFoundError(f"config {path} not found; presets in configs/: {presets}")
-        preset = yaml.safe_load(path.read_text()) or {}
-        data = merge(data, preset)
+        data = merge(data, load_yaml(path))
     if overrides:
         data = merge(data, parse_overrides(overrides) if isinstance(overrides, list) else overrides)
     return from_dict(Config, data)

@@ -90,15 +90,25 @@ def load_run(path: Path, device: torch.device, overrides: list[str]) -> Run:
 
 def read_windows(cfg: Config, length: int) -> dict:
     """Windows of ``length`` frames from the ``eval.split`` shards, in shard order (deterministic):
-    frames uint8 [W, L, H, W, 3] and, where recorded, actions [W, L(, M)], positions [W, L, M, 2]."""
-    from shards.loader import ClipDataset
+    frames uint8 [W, L, H, W, 3] and, where recorded, actions [W, L(, M)], positions [W, L, M, 2].
+    Shards are checked against the manifest first (size, sha256 unless data.verify_shards=false) and
+    counted as read; missing, damaged or short ones are refused unless eval.allow_partial=true, and
+    returned under "missing" either way (scores.json records them)."""
+    from shards.integrity import check_shards, require_complete, shortfall
+    from shards.loader import ClipDataset, list_shards
 
     ec = cfg.eval
-    clips = ClipDataset(cfg.dataset_dir, ec.split, rank=0, world_size=1)
+    shards = list_shards(cfg.dataset_dir, ec.split)
+    readable, problems = check_shards(shards, verify=cfg.data.verify_shards)
+    expected = {Path(s.path).stem: s.num_samples for s in shards}
+    got = dict.fromkeys(expected, 0)
     out: dict[str, list] = {"frames": [], "actions": [], "positions": []}
     action_names: list[str] = []
     tile = None
-    for sample in clips:
+    last = None
+    for sample in ClipDataset(readable, rank=0, world_size=1) if readable else []:
+        last = Path(sample["shard"]).stem
+        got[last] += 1
         action_names = sample["meta"]["info"].get("action_names", action_names)
         tile = sample["meta"]["info"].get("tile_size", tile)  # MultiGrid: pixels per grid cell
         for start in range(0, sample["frames"].shape[0] - length + 1, length):
@@ -108,7 +118,13 @@ def read_windows(cfg: Config, length: int) -> dict:
             if ec.num_clips and len(out["frames"]) >= ec.num_clips:
                 break
         if ec.num_clips and len(out["frames"]) >= ec.num_clips:
+            # reading stopped inside shard `last`: it and the shards after it were not read to the end
+            names = [Path(s.path).stem for s in readable]
+            got.update({k: expected[k] for k in names[names.index(last) :]})
             break
+    missing = shortfall(expected, got, problems)
+    where = f"{ec.split} split of {cfg.dataset_dir}"
+    require_complete(missing, where, "eval.allow_partial", ec.allow_partial)
     if not out["frames"]:
         raise ValueError(
             f"no window of {length} frames (eval.context_frames + eval.rollout_steps) in the {ec.split} "
@@ -117,7 +133,7 @@ def read_windows(cfg: Config, length: int) -> dict:
     windows = {k: torch.stack(v) for k, v in out.items() if v and len(v) == len(out["frames"])}
     if tile:  # (W, H) grid cells of the frames, for slot-agent assignments
         windows["cells"] = (windows["frames"].shape[3] // tile, windows["frames"].shape[2] // tile)
-    return {**windows, "action_names": list(action_names)}
+    return {**windows, "action_names": list(action_names), "missing": missing}
 
 
 class Scorer:
@@ -274,6 +290,7 @@ def evaluate_dataset(runs: list[Run], out_dir: Path, device: torch.device) -> di
     return {
         "split": ec.split,
         "windows": len(real),
+        "missing": data["missing"],  # shards missing, damaged or short (eval.allow_partial)
         "context_frames": c,
         "rollout_steps": n,
         "tokenizer": str(cfg.tokenizer_checkpoint),
@@ -392,7 +409,11 @@ def write_reports(results: dict[str, dict], out_dir: Path) -> None:
             )
         for metric, why in r["skipped"].items():
             lines.append(f"  {metric.upper()} skipped: {why}.")
-        if "fvd" not in r["skipped"] and r["windows"] < 256:
+        for shard, m in sorted(r.get("missing", {}).items()):
+            gave = f"{m['got']}/{m['expected']}"
+            lines.append(f"  **Missing data** (eval.allow_partial): {shard} gave {gave}: {m['problem']}.")
+        has_fvd = any("fvd" in row for row in r["rows"].values())
+        if has_fvd and r["windows"] < 256:
             lines.append(
                 f"  FVD from {r['windows']} videos per row: biased upward; compare only at equal counts."
             )

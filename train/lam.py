@@ -31,16 +31,19 @@ from tqdm import tqdm
 from model.fsq import FSQ
 from model.zoo import build_model
 from shards.config import to_dict
-from shards.tokens import TokenCache, TokenWindows, cache_dir, file_id, manifest_sha256
+from shards.tokens import TokenWindows, cache_dir, file_id, manifest_sha256, open_checked
 from train.common import (
     Checkpoints,
     all_reduce_mean,
+    check_resume,
     cleanup_distributed,
     gather_rng_states,
     init_distributed,
     load_tokenizer,
     per_rank_batch,
+    record_missing,
     restore_train_state,
+    run_lock,
     seed_everything,
     train_state,
     warmup_cosine,
@@ -116,7 +119,24 @@ def latent_warmup(step: int, warmup: int) -> tuple[float, float]:
     return 1.0, (step - warmup) / warmup
 
 
+# lam_train keys a resume may change freely; every other lam_train (and data.dataset) change is refused
+# unless lam_train.allow_config_change=true. lam/model changes are always refused (another model).
+RESUME_FREE = {
+    "lam_train": {
+        *("steps", "log_every", "val_every", "val_clips", "rollout_steps", "ckpt_every", "keep_last"),
+        *("run_dir", "tokenizer", "compile", "allow_partial", "allow_config_change"),
+    },
+    "data": {"root", "shuffle_buffer", "num_workers", "verify_shards"},
+}
+
+
 def main(cfg: Config) -> Path:
+    """Train under the run folder's lock: one job per run folder."""
+    with run_lock(cfg.lam_run_dir, f"train/lam.py model={cfg.model}"):
+        return train(cfg)
+
+
+def train(cfg: Config) -> Path:
     lt = cfg.lam_train
     dist_info = init_distributed()
     device, rank, world = dist_info.device, dist_info.rank, dist_info.world_size
@@ -126,8 +146,16 @@ def main(cfg: Config) -> Path:
     # Data: the token cache of this dataset made by this tokenizer, refused when stale.
     tokenizer_id = file_id(cfg.tokenizer_checkpoint)
     manifest_hash = manifest_sha256(cfg.dataset_dir)
-    cache = TokenCache(cache_dir(cfg.data.root, cfg.data.dataset, tokenizer_id, "train"))
-    cache.check(tokenizer_id, manifest_hash)
+    cache = open_checked(
+        cache_dir(cfg.data.root, cfg.data.dataset, tokenizer_id, "train"),
+        tokenizer_id,
+        manifest_hash,
+        allow_partial=lt.allow_partial,
+        opt_in="lam_train.allow_partial",
+        verify=dist_info.is_main,  # checksums of every part, once per job
+    )
+    if cache.missing and dist_info.is_main:
+        record_missing(run_dir, cache.missing)
     windows = TokenWindows(cache, lt.window, lt.window_stride)
     batches = GlobalBatches(len(windows), lt.batch_size, lt.seed)
     per_rank_batch(lt.batch_size, world)
@@ -155,7 +183,7 @@ def main(cfg: Config) -> Path:
     # Resume: model, optimiser, schedule, step, RNG; the data position is the step (GlobalBatches).
     ckpts = Checkpoints(run_dir, lt.keep_last)
     step = 0
-    state = ckpts.load_latest(map_location=device)
+    state = ckpts.load_latest()  # on the CPU: load_state_dict moves the weights, RNG must stay there
     if state is not None:
         if state["tokenizer_id"] != tokenizer_id:
             raise ValueError(
@@ -164,6 +192,7 @@ def main(cfg: Config) -> Path:
             )
         if state["config"]["lam"] != to_dict(cfg.lam) or state["config"]["model"] != cfg.model:
             raise ValueError(f"{ckpts.latest} holds a model with another config: use a new lam_train.run_dir")
+        check_resume(state, cfg, RESUME_FREE, "lam_train", run_dir, dist_info.is_main)
         step = restore_train_state(state, model, optimizer, scheduler, rank)
     if dist_info.is_main:
         save_config(cfg, run_dir / "config.yaml")
@@ -185,7 +214,7 @@ def main(cfg: Config) -> Path:
     def save() -> None:
         rngs = gather_rng_states()
         if dist_info.is_main:
-            data = {"global_samples": step * lt.batch_size, "seed": lt.seed}
+            data = {"global_samples": step * lt.batch_size, "seed": lt.seed, "missing": cache.missing}
             ckpts.save(
                 train_state(
                     model,

@@ -27,16 +27,20 @@ from tqdm import tqdm
 from model.fsq import code_counts, usage_from_counts
 from model.tokenizer import Tokenizer, to_float
 from shards.config import to_dict
-from shards.loader import ClipDataset, ClipLoader, gather_states
+from shards.integrity import check_shards, require_complete, shortfall
+from shards.loader import ClipDataset, ClipLoader, ShardInfo, gather_states, list_shards
 from train.common import (
     Checkpoints,
     DistInfo,
     all_reduce_mean,
+    check_resume,
     cleanup_distributed,
     gather_rng_states,
     init_distributed,
     per_rank_batch,
+    record_missing,
     restore_train_state,
+    run_lock,
     seed_everything,
     train_state,
     warmup_cosine,
@@ -79,14 +83,44 @@ def validate(model: Tokenizer, cfg: Config, dist_info: DistInfo, autocast) -> di
     return all_reduce_mean({f"val/{k}": v / n for k, v in totals.items()}, dist_info.device) if n else {}
 
 
+# tokenizer_train keys a resume may change freely; other tokenizer_train and data changes are refused
+# unless tokenizer_train.allow_config_change=true (the tokenizer section itself: always refused).
+RESUME_FREE = {
+    "tokenizer_train": {
+        *("steps", "log_every", "image_every", "ckpt_every", "keep_last", "val_batches", "run_dir"),
+        *("compile", "allow_partial", "allow_config_change"),
+    },
+    "data": {"root", "num_workers", "verify_shards"},
+}
+
+
+def train_shards(cfg: Config, run_dir: Path, is_main: bool) -> list[ShardInfo]:
+    """The train shards that are there at their manifest size (hashing the whole train split at every
+    start would cost too much; precompute checks sha256). Missing or cut ones are refused unless
+    tokenizer_train.allow_partial=true, which trains without them and records them in the run."""
+    shards = list_shards(cfg.dataset_dir, "train")
+    good, problems = check_shards(shards, verify=False)
+    counts = {Path(s.path).stem: s.num_samples for s in shards}
+    missing = shortfall(counts, {k: v for k, v in counts.items() if k not in problems}, problems)
+    allow = cfg.tokenizer_train.allow_partial
+    require_complete(missing, f"train shards of {cfg.dataset_dir}", "tokenizer_train.allow_partial", allow)
+    if missing and is_main:
+        record_missing(run_dir, missing)
+    return good
+
+
 def main(cfg: Config) -> Path:
+    """Train under the run folder's lock: one job per run folder."""
+    with run_lock(cfg.tokenizer_run_dir, "train/tokenizer.py"):
+        return train(cfg)
+
+
+def train(cfg: Config) -> Path:
     tc = cfg.tokenizer_train
     dist_info = init_distributed()
     device = dist_info.device
     seed_everything(tc.seed, dist_info.rank)
     run_dir = cfg.tokenizer_run_dir
-    if dist_info.is_main:
-        save_config(cfg, run_dir / "config.yaml")
 
     # Data: an endless shuffled clip stream per rank; each clip gives frames_per_clip frames.
     frames_per_rank = per_rank_batch(tc.batch_size, dist_info.world_size)
@@ -96,8 +130,7 @@ def main(cfg: Config) -> Path:
             f"frames_per_clip {tc.frames_per_clip}"
         )
     dataset = ClipDataset(
-        cfg.dataset_dir,
-        "train",
+        train_shards(cfg, run_dir, dist_info.is_main),
         infinite=True,
         shuffle=True,
         buffer_size=cfg.data.shuffle_buffer,
@@ -125,15 +158,18 @@ def main(cfg: Config) -> Path:
     # Resume: the whole state, including where every rank's data stream was.
     ckpts = Checkpoints(run_dir, tc.keep_last)
     step = 0
-    state = ckpts.load_latest(map_location=device)
+    state = ckpts.load_latest()  # on the CPU: load_state_dict moves the weights, RNG must stay there
     if state is not None:
         if state["config"]["tokenizer"] != to_dict(cfg.tokenizer):
             raise ValueError(f"{ckpts.latest} holds a tokenizer with another config: use a new run_dir")
+        check_resume(state, cfg, RESUME_FREE, "tokenizer_train", run_dir, dist_info.is_main)
         step = restore_train_state(state, model, optimizer, scheduler, dist_info.rank)
         dataset.load_state_dict(state["data"], strict=False, num_workers=cfg.data.num_workers)
     generator = torch.Generator().manual_seed(tc.seed * 7919 + dist_info.rank)  # which frames of a clip
     if state is not None:
         generator.set_state(state["rng_of_rank"]["frames"])
+    if dist_info.is_main:
+        save_config(cfg, run_dir / "config.yaml")
 
     train_model = wrap_for_training(model, dist_info, tc.compile)
 
