@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from shards.files import DataFileError, read_json
 from shards.integrity import require_complete
@@ -370,36 +369,3 @@ def open_checked(
         cache.verify()
     require_complete(cache.missing, f"token cache {cache.dir}", opt_in, allow_partial)
     return cache
-
-
-class TokenWindows(torch.utils.data.Dataset):
-    """Windows of ``window`` consecutive frames of cached codes, for training.
-
-    Item i is window i of the enumeration (clip, start) over every clip with starts every ``stride``
-    frames. Returns ``{"codes": int64 [window, h, w], "actions": int64 [window(, A)], ...}``. A plain
-    map-style Dataset: use it with ``DistributedSampler`` (or any sampler) and a DataLoader.
-    """
-
-    def __init__(self, cache: TokenCache, window: int, stride: int | None = None) -> None:
-        self.cache, self.window = cache, window
-        stride = stride or window
-        lengths = cache.clip_lengths()
-        per_clip = np.maximum((lengths - window) // stride + 1, 0)
-        if per_clip.sum() == 0:
-            raise ValueError(f"no window of {window} frames fits in the clips of {cache.dir}")
-        clips = np.repeat(np.arange(len(lengths)), per_clip)
-        first = np.repeat(np.cumsum(per_clip) - per_clip, per_clip)
-        starts = (np.arange(len(clips)) - first) * stride
-        self.items = np.stack([clips, starts], axis=1).astype(np.int64)  # [num_windows, (clip, start)]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        clip, start = (int(v) for v in self.items[i])
-        data = self.cache.clip(clip, start, self.window)
-        out = {"codes": torch.from_numpy(np.array(data["codes"], dtype=np.int64))}
-        for name in ("actions", "positions"):
-            if name in data:
-                out[name] = torch.from_numpy(np.array(data[name], dtype=np.int64))
-        return out

@@ -1,10 +1,10 @@
-"""Slot-agent assignments from slot attention (train/assignment.py): hand-made attention maps."""
+"""Slot-agent assignments from slot attention (train/eval/assignment.py): hand-made attention maps."""
 
 from __future__ import annotations
 
 import torch
 
-from train.assignment import agent_slot_mass, assignment_stats
+from train.eval.assignment import agent_slot_mass, assignment_stats
 
 
 def one_hot_attention(owner_of_token: torch.Tensor, num_slots: int) -> torch.Tensor:

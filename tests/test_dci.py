@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from train.dci import dci, infer_grid, match_slots, positions_to_labels, random_slots_like
+from train.eval.dci import dci, infer_grid, match_slots, positions_to_labels, random_slots_like
 
 pytestmark = pytest.mark.usefixtures("seeded_one_thread")
 

@@ -16,7 +16,7 @@ from shards.config import merge, parse_overrides, to_dict
 from train import evaluate, precompute
 from train import lam as train_lam
 from train.config import load_config
-from train.eval_report import table1, table2_dci
+from train.eval.report import SCORES_SCHEMA, table1, table2_dci
 
 from .conftest import REPO
 from .helpers import ingest_multigrid, save_tokenizer
@@ -70,7 +70,7 @@ def test_evaluation_of_tiny_runs_writes_tables_videos_and_figures(runs, tmp_path
         ],
     )
     everything = json.loads((out / "scores.json").read_text())
-    assert everything["schema_version"] == evaluate.SCORES_SCHEMA and len(everything["commit"]) == 40
+    assert everything["schema_version"] == SCORES_SCHEMA and len(everything["commit"]) == 40
     scores = everything["datasets"]["multigrid"]
     assert scores["windows"] == 3 and scores["rollout_steps"] == 8
     rows = scores["rows"]
@@ -220,9 +220,11 @@ def test_table1_layout_average_and_na():
 
 
 def test_metrics_are_the_ones_training_validation_uses():
-    """One implementation: evaluation imports the pure functions of model/metrics.py."""
+    """One implementation: evaluation, training-time validation and precompute's Recon report score with
+    the same Scorer, which calls the pure functions of model/metrics.py."""
     from model import metrics
-    from train import rollouts
+    from train.eval import scoring
 
-    assert evaluate.psnr is metrics.psnr is rollouts.psnr and evaluate.ssim is rollouts.ssim
+    assert scoring.psnr is metrics.psnr and scoring.ssim is metrics.ssim
+    assert evaluate.Scorer is train_lam.Scorer is precompute.Scorer is scoring.Scorer
     assert torch.isinf(metrics.psnr(torch.ones(3, 4, 4), torch.ones(3, 4, 4)))

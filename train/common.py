@@ -422,7 +422,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def load_tokenizer(path: str | Path, device: torch.device):
     """Rebuild the frozen tokenizer from the config inside its checkpoint -> (Tokenizer, tokenizer id).
 
-    The id is a hash of the checkpoint file: it names the token cache made with these weights.
+    The id is a hash of the checkpoint file: it names the token cache made with these weights. Loading
+    draws no random numbers from the caller's generators (a trainer may load it before building its model).
     """
     from model.tokenizer import Tokenizer, TokenizerConfig
     from shards.config import from_dict
@@ -431,7 +432,10 @@ def load_tokenizer(path: str | Path, device: torch.device):
     state = load_checkpoint(path, map_location="cpu")
     if state.get("kind") != "tokenizer":
         raise ValueError(f"{path} is not a tokenizer checkpoint (kind {state.get('kind')!r})")
-    model = Tokenizer(from_dict(TokenizerConfig, state["tokenizer_config"]))
+    with torch.random.fork_rng(
+        devices=[]
+    ):  # its random init is overwritten: leave the caller's RNG as it was
+        model = Tokenizer(from_dict(TokenizerConfig, state["tokenizer_config"]))
     model.load_state_dict(state["model"])
     return model.to(device).eval().requires_grad_(False), file_id(path)
 

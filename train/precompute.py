@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.metrics import psnr, ssim, to_unit
 from model.tokenizer import Tokenizer, to_float
 from shards.files import exclusive, read_json
 from shards.integrity import REPAIR_HINT, check_shards, describe
@@ -52,6 +51,8 @@ from shards.tokens import (
 )
 from train.common import barrier, cleanup_distributed, init_distributed, load_tokenizer
 from train.config import Config, load_config
+from train.eval.rollout import decode_tokens, encode_windows
+from train.eval.scoring import Scorer
 
 
 class PartBuffer:
@@ -217,7 +218,8 @@ def encode_shards(
 
 @torch.no_grad()
 def recon_report(cfg: Config, tokenizer: Tokenizer, out_dir: Path, device: torch.device) -> dict:
-    """Reconstruction PSNR/SSIM of the frozen tokenizer on val and test clips: the Recon ceiling."""
+    """Reconstruction PSNR/SSIM of the frozen tokenizer on val and test clips, every frame: the Recon
+    ceiling, decoded and scored as evaluation scores its Recon row (``train/eval/scoring.py``)."""
     report = {}
     for split in ("val", "test"):
         try:
@@ -231,22 +233,22 @@ def recon_report(cfg: Config, tokenizer: Tokenizer, out_dir: Path, device: torch
             continue
         dataset = ClipDataset(shards, rank=0, world_size=1)
         loader = ClipLoader(dataset, batch_size=cfg.precompute.batch_clips, num_workers=0)
-        scores_p, scores_s, n = [], [], 0
+        scorer, n = Scorer(device), 0
         for batch in loader:
-            frames = to_float(batch["frames"].to(device))
-            recon = tokenizer.decode(tokenizer.encode(frames))
-            scores_p.append(psnr(to_unit(recon), to_unit(frames)).flatten().cpu())
-            scores_s.append(ssim(to_unit(recon), to_unit(frames)).flatten().cpu())
-            n += len(frames)
+            features = encode_windows(tokenizer, batch["frames"], len(batch["frames"]), device)
+            scorer.add(
+                "Recon", decode_tokens(tokenizer, features.to(device)).cpu(), to_float(batch["frames"])
+            )
+            n += len(batch["frames"])
             if cfg.precompute.report_clips and n >= cfg.precompute.report_clips:
                 break
-        if scores_p:
-            p, s = torch.cat(scores_p), torch.cat(scores_s)
+        if n:
+            scores = scorer.frame_scores("Recon")
             report[split] = {
-                "psnr": round(float(p.clamp(max=100).mean()), 3),
-                "ssim": round(float(s.mean()), 4),
+                "psnr": round(float(scores["psnr"].mean()), 3),
+                "ssim": round(float(scores["ssim"].mean()), 4),
                 "clips": n,
-                "frames": int(p.numel()),
+                "frames": int(scores["psnr"].numel()),
             }
     (out_dir / "recon.json").write_text(json.dumps(report, indent=1))
     lines = ["| split | PSNR (dB) | SSIM | frames |", "|---|---|---|---|"]
