@@ -10,12 +10,12 @@ from shards.tokens import (
     CacheInfo,
     StaleCacheError,
     TokenCache,
-    TokenWindows,
     clear_stale_temporaries,
     part_done,
     write_index,
     write_part,
 )
+from train.batches import TokenWindows
 
 INFO = CacheInfo("multigrid", "train", "tok123", "abc", (4, 4, 4, 4, 4), (2, 2))
 
