@@ -14,9 +14,11 @@ import pytest
 from ingest.__main__ import main as ingest_main
 from ingest.config import build_config
 from shards.config import ConfigError
+from shards.decode import decode_samples
 from shards.files import DataFileError
-from shards.loader import ClipDataset, ShardInfo, decode_samples, read_samples
+from shards.loader import ClipDataset
 from shards.manifest import load_manifest
+from shards.tar import ShardInfo, read_samples
 from shards.tokens import TokenCache
 from shards.video import encode_frames
 from shards.writer import ShardWriter

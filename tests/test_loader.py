@@ -20,24 +20,21 @@ import torch
 
 from ingest.config import RunOptions, build_config
 from ingest.pipeline import run_ingest
+from shards.decode import decode_samples, window_start
 from shards.format import ACTIONS_KEY
 from shards.loader import (
     ClipDataset,
     ClipLoader,
     Part,
-    RawSample,
-    ShardInfo,
     collate_clips,
-    decode_samples,
-    read_samples,
     resolve_rank,
     select_samples,
     shuffle_samples,
     skip_consumed,
     split_by_rank,
     split_by_worker,
-    window_start,
 )
+from shards.tar import RawSample, ShardInfo, read_samples
 from shards.writer import ShardWriter
 
 from .conftest import REPO
@@ -281,7 +278,7 @@ def corrupt_shards(data, tmp_path) -> tuple[list[Path], set[str]]:
 def test_corrupt_samples_are_skipped_counted_and_logged(data, tmp_path, caplog):
     paths, survivors = corrupt_shards(data, tmp_path)
     ds = ClipDataset(paths)
-    with caplog.at_level(logging.WARNING, logger="shards.loader"):
+    with caplog.at_level(logging.WARNING, logger="shards"):
         keys = [s["key"] for s in ds]
     assert sorted(keys) == sorted(survivors)
     assert ds.stats == {
