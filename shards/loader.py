@@ -57,8 +57,9 @@ infinite stream after the last batch handed out, and reads a fresh pass in one-p
 **Corrupt data.** Unreadable or truncated tars end their shard (complete samples before the break are
 kept); samples with missing members, bad meta/arrays, undecodable video or inconsistent lengths are
 skipped. Each is logged with shard, key and reason, and counted in ``dataset.stats``
-(``shards/stats.py``): counters in shared memory, one row per DataLoader worker, summed over the rank's workers (per rank: all-reduce them
-for a global figure). Configuration errors (format version, a window longer than the clip) raise.
+(``shards/stats.py``): counters in shared memory, one row per DataLoader worker, summed over the rank's
+workers (per rank: all-reduce them for a global figure). Configuration errors (format version, a window
+longer than the clip) raise.
 
 **Samples.** ``frames`` uint8 [T, H, W, C] (layout "THWC", the default) or [T, C, H, W] ("TCHW", what
 conv nets take), C = 3 RGB; ``actions`` int64 [T] (Procgen) or [T, A] (MultiGrid) and ``positions``

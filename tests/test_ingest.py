@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 from ingest import block as block_mod
-from ingest.block import Unit, assign_splits, run_block
+from ingest.block import Unit, run_block
 from ingest.config import RunOptions, build_config
 from ingest.episode import Episode
 from ingest.pipeline import IngestError, run_ingest
+from ingest.splits import assign_splits
 from shards.format import SPLITS, ClipMeta, npy_load
 from shards.manifest import load_manifest, read_block_records
 from shards.video import decode_video

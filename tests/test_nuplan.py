@@ -25,7 +25,6 @@ import pytest
 from PIL import Image
 
 from ingest.__main__ import main as ingest_main
-from ingest.block import assign_splits
 from ingest.config import RunOptions, build_config
 from ingest.nuplan import (
     CalibrationError,
@@ -37,6 +36,7 @@ from ingest.nuplan import (
     plan_runs,
 )
 from ingest.pipeline import IngestError, run_ingest
+from ingest.splits import assign_splits
 from shards.format import ClipMeta
 from shards.video import decode_video, encode_frames
 
