@@ -30,7 +30,8 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from model.flam import FLAM, Aggregator, LAMConfig
+from model.config import LAMConfig
+from model.flam import FLAM, Aggregator
 
 
 class PlaySlot(FLAM):

@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 import torch
 
-from model.flam import LAMConfig
+from model.config import LAMConfig
 from model.fsq import FSQ
 from model.vq import VectorQuantizer
 from model.zoo import MODELS, TABLE1_ORDER, build_model

@@ -107,7 +107,7 @@ def test_random_reference_is_bounded_at_the_default_evaluation_size():
     agents on MultiGrid's 6x6 interior. With the probe's penalty chosen by held-out likelihood, Random
     stays at D, C, I < 0.15 (measured 0.07 / 0.07 / 0.09; the paper's Random: 0.32 / 0.30 / 0.10), where a
     fixed sklearn-style penalty gave D = C = 0.78; informative slots keep a weak penalty and score ~1."""
-    from model.flam import LAMConfig
+    from model.config import LAMConfig
     from train.config import EvalConfig
 
     ec = EvalConfig()

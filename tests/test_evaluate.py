@@ -11,7 +11,8 @@ import torch
 from einops import rearrange
 
 from model.base import TokenWorldModel
-from model.flam import FLAM, LAMConfig
+from model.config import LAMConfig
+from model.flam import FLAM
 from shards.config import merge, parse_overrides, to_dict
 from train import evaluate, precompute
 from train import lam as train_lam

@@ -11,8 +11,9 @@ import time
 import pytest
 import torch
 
+from model.config import LAMConfig
 from model.dynamics import FDM, IDM, gaussian_kl, reparameterize
-from model.flam import FLAM, Aggregator, LAMConfig
+from model.flam import FLAM, Aggregator
 from model.fsq import FSQ
 from model.slots import Factorizer, SlotAttention
 

@@ -448,7 +448,7 @@ def load_world_model(path: str | Path, device: torch.device):
     config re-declared on the command line: an override that changes no weight shape (``lam.coupling``,
     ``lam.slot_iters``) would otherwise silently score a different model than the one trained.
     """
-    from model.flam import LAMConfig
+    from model.config import LAMConfig
     from model.zoo import build_model
     from shards.config import from_dict
 

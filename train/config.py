@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from model.flam import LAMConfig
+from model.config import LAMConfig
 from model.tokenizer import TokenizerConfig
 from shards.config import ConfigError, from_dict, load_yaml, merge, parse_overrides, to_dict
 from shards.format import SPLITS
