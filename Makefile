@@ -28,7 +28,7 @@ BRIEF       ?= 1
 RUNS        ?=
 
 demo: $(STAMP)  ## the whole job on a small MultiGrid set (ingest, tokenizer, tokens, FLAM, report), CPU ok
-	$(PY) train/demo.py --config configs/demo.yaml $(ARGS)
+	$(PY) -m train.demo --config configs/demo.yaml $(ARGS)
 
 help:  ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -64,26 +64,26 @@ ingest: $(STAMP)  ## render/extract DATASET into clip shards under OUT (EPISODES
 		$(if $(CLIP_LEN),--clip-len $(CLIP_LEN)) $(ARGS)
 
 tokenizer: $(STAMP)  ## train the FSQ tokenizer of DATASET on its shards in OUT (NPROC= CONFIG= ARGS=)
-	$(LAUNCH) train/tokenizer.py --config $(CONFIG) data.root=$(OUT) $(ARGS)
+	$(LAUNCH) -m train.tokenizer --config $(CONFIG) data.root=$(OUT) $(ARGS)
 
 precompute: $(STAMP)  ## encode DATASET's shards with TOKENIZER into the token cache + Recon report (NPROC=)
-	$(LAUNCH) train/precompute.py --config $(CONFIG) $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) data.root=$(OUT) $(ARGS)
+	$(LAUNCH) -m train.precompute --config $(CONFIG) $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) data.root=$(OUT) $(ARGS)
 
 train: $(STAMP)  ## train MODEL (flam, ...) on DATASET's token cache (NPROC= CONFIG= ARGS=)
-	$(LAUNCH) train/lam.py --config $(CONFIG) model=$(MODEL) data.root=$(OUT) \
+	$(LAUNCH) -m train.lam --config $(CONFIG) model=$(MODEL) data.root=$(OUT) \
 		$(if $(TOKENIZER),lam_train.tokenizer=$(TOKENIZER)) $(ARGS)
 
 evaluate: $(STAMP)  ## score trained runs against ground truth: Table 1, DCI, videos (RUNS="runs/a runs/b" ARGS=)
-	$(PY) train/evaluate.py --runs $(RUNS) $(ARGS)
+	$(PY) -m train.evaluate --runs $(RUNS) $(ARGS)
 
 compare: $(STAMP)  ## train all six models on DATASET, then Table 1 (BRIEF=1: CPU minutes; BRIEF=0: full preset, NPROC GPUs)
-	$(PY) train/compare.py --config $(CONFIG) $(if $(filter 1,$(BRIEF)),--brief) --nproc $(NPROC) $(ARGS)
+	$(PY) -m train.compare --config $(CONFIG) $(if $(filter 1,$(BRIEF)),--brief) --nproc $(NPROC) $(ARGS)
 
 bench-loader: $(STAMP)  ## loader clips/s vs a bare decord loop over the same shards
-	$(PY) bench/loader.py
+	$(PY) -m bench.loader
 
 bench-ingest: $(STAMP)  ## ingest throughput vs the bare render loop, and 1 -> 2 worker scaling
-	$(PY) bench/ingest.py
+	$(PY) -m bench.ingest
 
 clean-data:  ## delete the default data/ folder
 	rm -rf data

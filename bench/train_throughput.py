@@ -1,8 +1,8 @@
 """FLAM training samples/s from the token cache against the pixel path, measured in the same run.
 
-    python bench/train_throughput.py                            # CPU defaults: batch 8, 3 x 3 steps, ~2-3 min
-    python bench/train_throughput.py --device cuda --batch 32 --steps 20 --episodes 60
-    python bench/train_throughput.py --dim 64 --depth 1         # a smaller FLAM for a quick CPU run
+    python -m bench.train_throughput                            # CPU defaults: batch 8, 3 x 3 steps, ~2-3 min
+    python -m bench.train_throughput --device cuda --batch 32 --steps 20 --episodes 60
+    python -m bench.train_throughput --dim 64 --depth 1         # a smaller FLAM for a quick CPU run
 
 Setup (untimed): ingest --episodes MultiGrid episodes into a temp dir, save a randomly initialised
 tokenizer of the configs/multigrid.yaml preset (speed does not depend on the weights) and build its
@@ -34,13 +34,10 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 

@@ -49,7 +49,8 @@ def test_precompute_killed_again_and_again_gives_the_uninterrupted_cache(
     root = copy_dataset(tiny_data, tmp_path / "data")
     cmd = [
         *python_cmd,
-        "train/precompute.py",
+        "-m",
+        "train.precompute",
         "--config",
         "configs/demo.yaml",
         "--tokenizer",
@@ -97,7 +98,7 @@ def test_training_killed_again_and_again_gives_the_uninterrupted_weights(
 
     train_lam.main(load_config(REPO / "configs/demo.yaml", args(tmp_path / "clean")))
     killed = tmp_path / "killed"
-    cmd = [*python_cmd, "train/lam.py", "--config", "configs/demo.yaml", *args(killed)]
+    cmd = [*python_cmd, "-m", "train.lam", "--config", "configs/demo.yaml", *args(killed)]
     kill_at_random_points(cmd, Saves(killed), kills, seed=kills)
     clean, resumed = (load_checkpoint(run / "ckpt" / "latest") for run in (tmp_path / "clean", killed))
     assert clean["step"] == resumed["step"] == 12

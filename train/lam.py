@@ -1,9 +1,9 @@
 """Train FLAM (or a baseline) on cached tokens.
 
-    torchrun --nproc_per_node=8 train/lam.py --config configs/multigrid.yaml
+    torchrun --nproc_per_node=8 -m train.lam --config configs/multigrid.yaml
     torchrun --nnodes=4 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HEAD:29500 \\
-        train/lam.py --config configs/nuplan.yaml
-    python train/lam.py --config configs/multigrid.yaml lam_train.steps=200 lam.num_slots=8   # 1 process
+        -m train.lam --config configs/nuplan.yaml
+    python -m train.lam --config configs/multigrid.yaml lam_train.steps=200 lam.num_slots=8   # 1 process
 
 Reads windows of cached FSQ codes (``shards/tokens.py``: memory-mapped, no video decode, no encoder),
 maps them to the exact FSQ vectors and trains the model picked from ``model.zoo.MODELS`` by ``model=``.
@@ -17,12 +17,8 @@ restart), tb/ (loss, KL per slot, slot usage, grad norm, lr, samples/s, val roll
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
-
-if __package__ in (None, ""):  # torchrun and `python train/lam.py` run this file as a script
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 from tqdm import tqdm

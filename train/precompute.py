@@ -1,7 +1,7 @@
 """Stream every split's clip shards through the frozen tokenizer into the token cache on disk.
 
-    python train/precompute.py --config configs/multigrid.yaml --tokenizer runs/tok-multigrid/ckpt/latest
-    torchrun --nproc_per_node=8 train/precompute.py --config ... --tokenizer ...   # shards split over ranks
+    python -m train.precompute --config configs/multigrid.yaml --tokenizer runs/tok-multigrid/ckpt/latest
+    torchrun --nproc_per_node=8 -m train.precompute --config ... --tokenizer ...   # shards split over ranks
 
 Output: ``<root>/<dataset>/tokens/<tokenizer-id>/<split>/`` (format in ``shards/tokens.py``) plus
 ``recon.json`` / ``recon.md`` next to the splits: the frozen tokenizer's reconstruction PSNR/SSIM on
@@ -25,9 +25,6 @@ import contextlib
 import json
 import sys
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
