@@ -74,9 +74,7 @@ def train_models(cfgs: list[Config], root: Path, nproc: int, jobs: int) -> None:
         log = logs / f"{cfg.model}.log"
         start = time.perf_counter()
         with open(log, "w") as out:
-            done = subprocess.run(
-                launch("train.lam", config, nproc, []), stdout=out, stderr=out, env=env
-            )
+            done = subprocess.run(launch("train.lam", config, nproc, []), stdout=out, stderr=out, env=env)
         if done.returncode:
             raise RuntimeError(f"training {cfg.model} failed (exit {done.returncode}); see {log}")
         return f"{cfg.model} {time.perf_counter() - start:.0f}s"
