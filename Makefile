@@ -16,7 +16,8 @@ CLIP_LEN    ?=
 ARGS        ?=
 CONFIG      ?= configs/$(DATASET).yaml
 NPROC       ?= 1
-# Tokenizer checkpoint for precompute and train; empty: the config's own (tokenizer_train.run_dir/ckpt/latest).
+# Tokenizer checkpoint for precompute and train (the config key data.tokenizer); empty: the config's own
+# (data.tokenizer, else tokenizer_train.run_dir/ckpt/latest).
 TOKENIZER   ?=
 # One process: plain python. More: torchrun on this node (multi-node: call torchrun yourself, see README).
 LAUNCH       = $(if $(filter 1,$(NPROC)),$(PY),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC))
@@ -67,11 +68,11 @@ tokenizer: $(STAMP)  ## train the FSQ tokenizer of DATASET on its shards in OUT 
 	$(LAUNCH) -m train.tokenizer --config $(CONFIG) data.root=$(OUT) $(ARGS)
 
 precompute: $(STAMP)  ## encode DATASET's shards with TOKENIZER into the token cache + Recon report (NPROC=)
-	$(LAUNCH) -m train.precompute --config $(CONFIG) $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) data.root=$(OUT) $(ARGS)
+	$(LAUNCH) -m train.precompute --config $(CONFIG) $(if $(TOKENIZER),data.tokenizer=$(TOKENIZER)) data.root=$(OUT) $(ARGS)
 
 train: $(STAMP)  ## train MODEL (flam, ...) on DATASET's token cache (NPROC= CONFIG= ARGS=)
 	$(LAUNCH) -m train.lam --config $(CONFIG) model=$(MODEL) data.root=$(OUT) \
-		$(if $(TOKENIZER),lam_train.tokenizer=$(TOKENIZER)) $(ARGS)
+		$(if $(TOKENIZER),data.tokenizer=$(TOKENIZER)) $(ARGS)
 
 evaluate: $(STAMP)  ## score trained runs against ground truth: Table 1, DCI, videos (RUNS="runs/a runs/b" ARGS=)
 	$(PY) -m train.evaluate --runs $(RUNS) $(ARGS)

@@ -97,7 +97,7 @@ def main() -> None:
         manifest = run_ingest(ingest_cfg, RunOptions(out=str(tmp), executor="local", progress=False))
         preset = load_config("configs/multigrid.yaml")
         ckpt = save_tokenizer(tmp / "tok", preset.tokenizer)
-        overrides: dict = {"data": {"root": str(tmp)}, "lam_train": {"tokenizer": str(ckpt)}}
+        overrides: dict = {"data": {"root": str(tmp), "tokenizer": str(ckpt)}}
         if args.batch_clips:
             overrides["precompute"] = {"batch_clips": args.batch_clips}
         cfg: Config = load_config("configs/multigrid.yaml", overrides)

@@ -158,13 +158,13 @@ def setup(args: argparse.Namespace, tmp: Path) -> tuple[Config, Path]:
     cfg = load_config(
         "configs/multigrid.yaml",
         {
-            "data": {"root": str(tmp), "num_workers": args.workers},
+            "data": {"root": str(tmp), "num_workers": args.workers, "tokenizer": str(ckpt)},
             "lam": lam,
-            "lam_train": {"batch_size": args.batch, "window": args.window, "tokenizer": str(ckpt)},
+            "lam_train": {"batch_size": args.batch, "window": args.window},
             "precompute": {"splits": ["train"], "report_clips": 1},
         },
     )
-    precompute.main(cfg, ckpt)  # on cuda when there is one: setup only, untimed
+    precompute.main(cfg)  # on cuda when there is one: setup only, untimed
     _, tokenizer_id = load_tokenizer(ckpt, torch.device("cpu"))
     split_dir = cache_dir(cfg.data.root, cfg.data.dataset, tokenizer_id, "train")
     print(f"setup (ingest, tokenizer, token cache) took {time.perf_counter() - t0:.0f}s", flush=True)

@@ -29,8 +29,11 @@ class LAMConfig:
     beta: float = 2e-4  # KL coefficient
     factorizer_temporal: bool = True  # False: ablation without the factorizer's temporal attention (SAVi)
     coupling: str = "factored"  # "factored" (FLAM) | "global" (Global-Coupled FLAM ablation)
-    feature_dim: int = 5  # F = len(FSQ levels) of the tokenizer
-    num_tokens: int = 256  # N = h * w tokens per frame
+    # F = len(FSQ levels) of the tokenizer and N = h * w tokens per frame: 0 = read from the token cache
+    # (train/lam.py fills them in before building the model and saves the numbers with it); a value set
+    # here is checked against the cache instead.
+    feature_dim: int = 0
+    num_tokens: int = 0
     # Frames in the factorizer's temporal window (time-embedding rows). Training windows must have exactly
     # this length (train/config.py checks lam_train.window), so every row is trained; longer sequences slide.
     max_frames: int = 16
@@ -45,9 +48,14 @@ class LAMConfig:
     slot_pretrain_steps: int = 5000  # PlaySlot / SlotFormer: steps of the object-centric stage first
 
     def __post_init__(self) -> None:
-        for name in ("dim", "num_heads", "depth", "num_slots", "slot_iters", "feature_dim", "num_tokens"):
+        for name in ("dim", "num_heads", "depth", "num_slots", "slot_iters"):
             if getattr(self, name) < 1:
                 raise ValueError(f"LAMConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("feature_dim", "num_tokens"):
+            if getattr(self, name) < 0:
+                raise ValueError(
+                    f"LAMConfig.{name} must be >= 0 (0: from the token cache), got {getattr(self, name)}"
+                )
         if self.dim % self.num_heads:
             raise ValueError(f"LAMConfig.dim {self.dim} is not divisible by num_heads {self.num_heads}")
         if self.action_dim < 0:

@@ -39,6 +39,7 @@ class PlaySlot(FLAM):
 
     latent = "gaussian"
     has_unused_parameters = True  # each stage leaves the other stage's parameters without gradients
+    staged = True
 
     def __init__(self, cfg: LAMConfig) -> None:
         super().__init__(dataclasses.replace(cfg, factorizer_temporal=False))  # SAVi slots

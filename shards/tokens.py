@@ -13,6 +13,10 @@ Layout (``<out>/<dataset>/tokens/<tokenizer-id>/<split>/``):
                                         records, plus CacheInfo (tokenizer id, manifest hash, levels,
                                         grid, version)
 
+and beside the splits (``<out>/<dataset>/tokens/<tokenizer-id>/``) ``source.json`` (the shards and
+tokenizer the cache began from) and ``recon.json`` / ``recon.md`` (the tokenizer's Recon report). Only
+this module knows the layout: the others ask ``cache_root`` / ``cache_dir`` / ``has_index``.
+
 One part per source shard, written to a temporary folder and renamed, so a killed precompute leaves
 only whole parts and a rerun does the rest. A part is done only when it holds every clip its shard's
 manifest entry lists and its files match their checksums: a part from a short, missing or damaged
@@ -45,6 +49,8 @@ from shards.writer import fsync_dir, sha256_file
 TOKEN_FORMAT_VERSION = 2  # 2: part.json with counts, completeness and checksums
 INDEX_NAME = "index.json"
 PART_RECORD = "part.json"
+SOURCE_NAME = "source.json"  # beside the splits: the shards (manifest hash) and tokenizer a cache began from
+RECON_JSON, RECON_MD = "recon.json", "recon.md"  # beside the splits: the tokenizer's Recon report
 RERUN = "rerun `make precompute` (it redoes incomplete or damaged parts)"
 
 
@@ -67,8 +73,20 @@ class CacheInfo:
     format_version: int = TOKEN_FORMAT_VERSION
 
 
+def cache_root(out: str | Path, dataset: str, tokenizer_id: str) -> Path:
+    """``<out>/<dataset>/tokens/<tokenizer-id>``: one tokenizer's cache of a dataset (its splits, the
+    Recon report ``RECON_JSON``/``RECON_MD`` and the source record ``SOURCE_NAME``)."""
+    return Path(out) / dataset / "tokens" / tokenizer_id
+
+
 def cache_dir(out: str | Path, dataset: str, tokenizer_id: str, split: str) -> Path:
-    return Path(out) / dataset / "tokens" / tokenizer_id / split
+    """One split of the cache: ``cache_root(...) / split``."""
+    return cache_root(out, dataset, tokenizer_id) / split
+
+
+def has_index(split_dir: str | Path) -> bool:
+    """Whether a split of the cache is written (its ``index.json`` exists; parts may still be incomplete)."""
+    return (Path(split_dir) / INDEX_NAME).exists()
 
 
 def manifest_sha256(dataset_dir: str | Path) -> str:
@@ -309,6 +327,10 @@ class TokenCache:
                 except (OSError, ValueError) as err:
                     raise CorruptCacheError(f"cannot read {path} ({err}): {RERUN}") from err
         return self._arrays[key]
+
+    def has(self, name: str) -> bool:
+        """Whether the cache holds ground truth ``name`` ("actions", "positions") for its clips."""
+        return bool(self.records) and f"{name}.npy" in self.records[0]["files"]
 
     def locate(self, i: int) -> tuple[int, int]:
         """Global clip index -> (part, clip within part)."""

@@ -70,4 +70,4 @@ def tiny_cache(tiny_data, tiny_tokenizer) -> Path:
 
     from .helpers import precompute_config
 
-    return precompute.main(precompute_config(tiny_data), tiny_tokenizer)
+    return precompute.main(precompute_config(tiny_data, tiny_tokenizer))

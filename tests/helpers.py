@@ -129,11 +129,17 @@ def random_walkers(
     return features, actions, positions
 
 
-def precompute_config(root: Path, *overrides: str):
-    """configs/demo.yaml for precompute on ``root``: one process, no workers, a small Recon report."""
+def precompute_config(root: Path, tokenizer: Path, *overrides: str):
+    """configs/demo.yaml for precompute on ``root`` with ``tokenizer``: one process, no workers, a small
+    Recon report."""
     from train.config import load_config
 
-    base = [f"data.root={root}", "data.num_workers=0", "precompute.batch_clips=8"]
+    base = [
+        f"data.root={root}",
+        f"data.tokenizer={tokenizer}",
+        "data.num_workers=0",
+        "precompute.batch_clips=8",
+    ]
     base.append("precompute.report_clips=4")
     return load_config(Path(__file__).resolve().parents[1] / "configs/demo.yaml", [*base, *overrides])
 

@@ -36,7 +36,7 @@ def lam_config(root, tokenizer, run_dir, steps: int, *extra: str):
         [
             *TINY_LAM,
             f"data.root={root}",
-            f"lam_train.tokenizer={tokenizer}",
+            f"data.tokenizer={tokenizer}",
             f"lam_train.run_dir={run_dir}",
             f"lam_train.steps={steps}",
             "lam_train.ckpt_every=2",
@@ -180,8 +180,8 @@ def test_crafted_checkpoint_is_refused_at_every_entry_point(evil_run, tiny_data)
     latest = run / "ckpt" / "latest"
     entry_points = {
         "resume": lambda: Checkpoints(run).load_latest(),
-        "lam_train.tokenizer": lambda: load_tokenizer(latest, torch.device("cpu")),
-        "precompute --tokenizer": lambda: precompute.main(precompute_config(tiny_data), latest),
+        "load_tokenizer": lambda: load_tokenizer(latest, torch.device("cpu")),
+        "precompute data.tokenizer": lambda: precompute.main(precompute_config(tiny_data, latest)),
         "evaluate.py --runs": lambda: evaluate.main([run], [f"data.root={tiny_data}"]),
     }
     for name, call in entry_points.items():

@@ -46,12 +46,12 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaldata")
     ingest_multigrid(root, episodes=12, episode_len=20, clip_len=10)
     ckpt = save_tokenizer(root / "tok")
-    base = {"data": {"root": str(root), "num_workers": 0}}
-    precompute.main(load_config(REPO / "configs/demo.yaml", base), ckpt)
+    base = {"data": {"root": str(root), "num_workers": 0, "tokenizer": str(ckpt)}}
+    precompute.main(load_config(REPO / "configs/demo.yaml", base))
     dirs = []
     for model in ("flam", "genie", "world_model"):
         run_dir = root / "runs" / f"{model}-multigrid"
-        args = [*TINY, f"model={model}", f"data.root={root}", f"lam_train.tokenizer={ckpt}"]
+        args = [*TINY, f"model={model}", f"data.root={root}", f"data.tokenizer={ckpt}"]
         train_lam.main(load_config(REPO / "configs/demo.yaml", [*args, f"lam_train.run_dir={run_dir}"]))
         dirs.append(run_dir)
     return root, dirs

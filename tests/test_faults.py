@@ -53,8 +53,7 @@ def test_precompute_killed_again_and_again_gives_the_uninterrupted_cache(
         "train.precompute",
         "--config",
         "configs/demo.yaml",
-        "--tokenizer",
-        str(tiny_tokenizer),
+        f"data.tokenizer={tiny_tokenizer}",
         f"data.root={root}",
         "data.num_workers=0",
         "precompute.batch_clips=8",
@@ -89,7 +88,7 @@ def test_training_killed_again_and_again_gives_the_uninterrupted_weights(
         return [
             *TINY_LAM,
             f"data.root={tiny_data}",
-            f"lam_train.tokenizer={tiny_tokenizer}",
+            f"data.tokenizer={tiny_tokenizer}",
             f"lam_train.run_dir={run_dir}",
             "lam_train.steps=12",
             "lam_train.ckpt_every=2",

@@ -73,8 +73,8 @@ def test_precompute_survives_a_crafted_sample_and_reports_the_part_short(tiny_da
         for raw in samples:
             writer.write(raw.key, raw.members)
     # with sha256 checks the whole shard is refused (damaged); without, the one sample is a counted skip
-    cfg = precompute_config(root, "precompute.splits=[train]", "data.verify_shards=false")
-    cache = TokenCache(precompute.main(cfg, tiny_tokenizer) / "train")
+    cfg = precompute_config(root, tiny_tokenizer, "precompute.splits=[train]", "data.verify_shards=false")
+    cache = TokenCache(precompute.main(cfg) / "train")
     assert cache.missing[SHARD]["got"] == 15 and cache.missing[SHARD]["expected"] == 16
 
 
@@ -193,7 +193,7 @@ def test_garbage_manifest_names_the_file_everywhere(tiny_data, tiny_tokenizer, t
     for call in (
         lambda: load_manifest(root / "multigrid"),
         lambda: ClipDataset(root / "multigrid", "train"),
-        lambda: precompute.main(precompute_config(root), tiny_tokenizer),
+        lambda: precompute.main(precompute_config(root, tiny_tokenizer)),
     ):
         with pytest.raises(DataFileError, match=rf"{manifest} is unreadable.*make ingest"):
             call()
@@ -262,6 +262,6 @@ def test_make_passes_the_tokenizer_only_when_given():
             ["make", "-n", *args], cwd=REPO, capture_output=True, text=True, check=True
         ).stdout
 
-    assert "--tokenizer" not in dry("precompute", "CONFIG=configs/demo.yaml")  # precompute.py's own default
-    assert "--tokenizer t.pt" in dry("precompute", "TOKENIZER=t.pt")
-    assert "lam_train.tokenizer=t.pt" in dry("train", "TOKENIZER=t.pt")
+    assert "data.tokenizer" not in dry("precompute", "CONFIG=configs/demo.yaml")  # the config's own
+    assert "data.tokenizer=t.pt" in dry("precompute", "TOKENIZER=t.pt")
+    assert "data.tokenizer=t.pt" in dry("train", "TOKENIZER=t.pt")

@@ -31,7 +31,7 @@ def lam_config(root, tokenizer, run_dir, *extra: str):
         [
             *TINY_LAM,
             f"data.root={root}",
-            f"lam_train.tokenizer={tokenizer}",
+            f"data.tokenizer={tokenizer}",
             f"lam_train.run_dir={run_dir}",
             "lam_train.steps=2",
             "lam_train.ckpt_every=2",
@@ -87,8 +87,8 @@ def test_damaged_shard_gives_an_incomplete_part_refused_by_training_and_redone_w
     shard = root / "multigrid" / "train" / f"{SHARD}.tar"
     damage_shard(shard, how)
     extra = () if verify else ("data.verify_shards=false",)  # sha256 checks are the default
-    cfg = precompute_config(root, "precompute.splits=[train]", *extra)
-    cache_root = precompute.main(cfg, tiny_tokenizer)
+    cfg = precompute_config(root, tiny_tokenizer, "precompute.splits=[train]", *extra)
+    cache_root = precompute.main(cfg)
 
     cache = TokenCache(cache_root / "train")
     assert set(cache.missing) == {SHARD} and cache.missing[SHARD]["expected"] == 16
@@ -101,7 +101,7 @@ def test_damaged_shard_gives_an_incomplete_part_refused_by_training_and_redone_w
         train_lam.main(lam_config(root, tiny_tokenizer, tmp_path / "run"))
 
     shutil.copyfile(tiny_data / "multigrid" / "train" / f"{SHARD}.tar", shard)  # repaired (as ingest would)
-    precompute.main(cfg, tiny_tokenizer)
+    precompute.main(cfg)
     assert not TokenCache(cache_root / "train").missing
     assert train_parts(cache_root) == train_parts(tiny_cache)
 
@@ -114,7 +114,7 @@ def test_manifest_count_below_the_real_one_is_an_incomplete_part_not_a_crash(
     manifest = json.loads(manifest_path.read_text())
     next(s for s in manifest["shards"] if SHARD in s["path"])["num_samples"] = 5
     manifest_path.write_text(json.dumps(manifest))
-    cache_root = precompute.main(precompute_config(root, "precompute.splits=[train]"), tiny_tokenizer)
+    cache_root = precompute.main(precompute_config(root, tiny_tokenizer, "precompute.splits=[train]"))
     missing = TokenCache(cache_root / "train").missing
     assert set(missing) == {SHARD} and "more clips than its manifest" in missing[SHARD]["problem"]
 
@@ -122,7 +122,7 @@ def test_manifest_count_below_the_real_one_is_an_incomplete_part_not_a_crash(
 def test_allow_partial_trains_without_the_missing_part_and_records_it(tiny_data, tiny_tokenizer, tmp_path):
     root = copy_dataset(tiny_data, tmp_path / "data")
     damage_shard(root / "multigrid" / "train" / f"{SHARD}.tar", "deleted")
-    precompute.main(precompute_config(root, "precompute.splits=[train]"), tiny_tokenizer)
+    precompute.main(precompute_config(root, tiny_tokenizer, "precompute.splits=[train]"))
     run = tmp_path / "run"
     train_lam.main(lam_config(root, tiny_tokenizer, run, "lam_train.allow_partial=true"))
     recorded = json.loads((run / "missing_data.json").read_text())
@@ -170,7 +170,7 @@ def test_damaged_cache_part_is_refused_by_training_and_repaired_by_precompute(
     damage_part(cache_root / "train" / "parts" / SHARD, how)
     with pytest.raises(CorruptCacheError, match=rf"(?s){SHARD}.*make precompute"):
         train_lam.main(lam_config(root, tiny_tokenizer, tmp_path / "run"))
-    precompute.main(precompute_config(root, "precompute.splits=[train]"), tiny_tokenizer)
+    precompute.main(precompute_config(root, tiny_tokenizer, "precompute.splits=[train]"))
     assert train_parts(cache_root) == train_parts(tiny_cache)
 
 
@@ -183,7 +183,7 @@ def test_garbage_index_names_the_file_and_a_rerun_rewrites_it(
     index.write_text("garbage")
     with pytest.raises(ValueError, match=rf"{index}.*make precompute"):
         TokenCache(index.parent)
-    precompute.main(precompute_config(root, "precompute.splits=[train]"), tiny_tokenizer)
+    precompute.main(precompute_config(root, tiny_tokenizer, "precompute.splits=[train]"))
     assert index.read_bytes() == (tiny_cache / "train" / "index.json").read_bytes()
 
 

@@ -49,7 +49,7 @@ def test_second_training_into_a_run_dir_is_refused_and_a_killed_holder_blocks_no
     tiny_data, tiny_tokenizer, tiny_cache, tmp_path, holder
 ):
     run = tmp_path / "run"
-    args = [*TINY_LAM, f"data.root={tiny_data}", f"lam_train.tokenizer={tiny_tokenizer}"]
+    args = [*TINY_LAM, f"data.root={tiny_data}", f"data.tokenizer={tiny_tokenizer}"]
     cfg = load_config(REPO / "configs/demo.yaml", [*args, f"lam_train.run_dir={run}", "lam_train.steps=1"])
     proc = holder(run, "train/lam.py model=flam")
     with pytest.raises(FolderLocked, match=rf"train/lam.py model=flam, pid {proc.pid} on "):
@@ -77,7 +77,7 @@ def test_second_precompute_into_a_cache_is_refused(tiny_data, tiny_tokenizer, ti
     with pytest.raises(
         FolderLocked, match=rf"{tiny_cache} is being written by another process \(precompute, pid {proc.pid}"
     ):
-        precompute.main(precompute_config(tiny_data), tiny_tokenizer)
+        precompute.main(precompute_config(tiny_data, tiny_tokenizer))
 
 
 def test_second_ingest_is_refused_naming_the_holder(tmp_path, holder, capsys):

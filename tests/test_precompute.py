@@ -22,11 +22,11 @@ from .conftest import REPO
 from .helpers import TINY_TOKENIZER, ingest_multigrid, save_tokenizer
 
 
-def config(root, workers: int = 0):
+def config(root, tokenizer, workers: int = 0):
     return load_config(
         REPO / "configs/demo.yaml",
         {
-            "data": {"root": str(root), "num_workers": workers},
+            "data": {"root": str(root), "num_workers": workers, "tokenizer": str(tokenizer)},
             "precompute": {"batch_clips": 4, "report_clips": 8},
         },
     )
@@ -37,7 +37,7 @@ def cached(tmp_path_factory):
     root = tmp_path_factory.mktemp("pre")
     ds = ingest_multigrid(root)
     ckpt = save_tokenizer(root / "tok")
-    out = precompute.main(config(root, workers=1), ckpt)
+    out = precompute.main(config(root, ckpt, workers=1))
     return root, ds, ckpt, out
 
 
@@ -82,7 +82,7 @@ def test_rerun_rewrites_nothing(cached):
     root, _, ckpt, out = cached
     parts = sorted((out / "train" / "parts").rglob("*.npy"))
     stamps = [p.stat().st_mtime_ns for p in parts]
-    precompute.main(config(root), ckpt)
+    precompute.main(config(root, ckpt))
     assert [p.stat().st_mtime_ns for p in parts] == stamps
 
 

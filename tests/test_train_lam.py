@@ -29,9 +29,8 @@ def cache(tmp_path_factory):
     root = tmp_path_factory.mktemp("lamdata")
     ingest_multigrid(root, episodes=20)
     ckpt = save_tokenizer(root / "tok")
-    precompute.main(
-        load_config(REPO / "configs/demo.yaml", {"data": {"root": str(root), "num_workers": 0}}), ckpt
-    )
+    data = {"root": str(root), "num_workers": 0, "tokenizer": str(ckpt)}
+    precompute.main(load_config(REPO / "configs/demo.yaml", {"data": data}))
     return root, ckpt
 
 
@@ -40,7 +39,7 @@ def overrides(cache, run_dir, steps, *extra):
     return [
         *TINY_LAM,
         f"data.root={root}",
-        f"lam_train.tokenizer={ckpt}",
+        f"data.tokenizer={ckpt}",
         f"lam_train.run_dir={run_dir}",
         f"lam_train.steps={steps}",
         f"lam_train.ckpt_every={steps}",
@@ -209,7 +208,7 @@ def test_stale_cache_and_bad_keys_are_refused(cache, tmp_path):
         train_lam.main(
             load_config(
                 REPO / "configs/demo.yaml",
-                [*overrides(cache, tmp_path / "r2", 2), f"lam_train.tokenizer={other}"],
+                [*overrides(cache, tmp_path / "r2", 2), f"data.tokenizer={other}"],
             )
         )
     with pytest.raises(ConfigError, match=r"lam\.num_slotz"):

@@ -451,13 +451,14 @@ def load_world_model(path: str | Path, device: torch.device):
     from model.config import LAMConfig
     from model.zoo import build_model
     from shards.config import from_dict
+    from train.config import upgrade_config_dict
 
     state = load_checkpoint(path, map_location="cpu")
     if state.get("kind") != "lam":
         raise ValueError(
             f"{path} is not a world-model checkpoint of train/lam.py (kind {state.get('kind')!r})"
         )
-    config = state["config"]
+    config = upgrade_config_dict(state["config"])
     model = build_model(config["model"], from_dict(LAMConfig, config["lam"]))
     model.load_state_dict(state["model"])
     return model.to(device).eval(), config, int(state["step"])

@@ -26,8 +26,9 @@ from tqdm import tqdm
 
 from model.zoo import TABLE1_ORDER
 from shards.config import merge, parse_overrides, split_overrides, to_dict
+from shards.tokens import TokenCache, cache_dir, file_id
 from train import evaluate, precompute, tokenizer
-from train.config import Config, brief_config, load_config, save_config
+from train.config import Config, brief_config, check_stages, load_config, save_config
 
 # Table 1's models, then the factorizer ablation of Table 6 (its DCI is Table 7's second column).
 COMPARED = (*TABLE1_ORDER, "flam_no_temporal")
@@ -39,7 +40,7 @@ def with_runs(cfg: Config, root: Path, model: str = "flam") -> Config:
     data["model"] = model
     data["tokenizer_train"]["run_dir"] = str(root / "tok")
     data["lam_train"]["run_dir"] = str(root / model)
-    data["lam_train"]["tokenizer"] = ""
+    data["data"]["tokenizer"] = ""
     data["eval"]["out"] = str(root / "eval")
     return load_config(None, data)
 
@@ -96,6 +97,8 @@ def main(
     cfg = load_config(None, merge(to_dict(cfg), parse_overrides(overrides)))
     root = Path("runs") / f"compare-{cfg.data.dataset}{'-brief' if brief else ''}"
     cfg = with_runs(cfg, root)
+    for model in models:  # refuse a run that never leaves its first stage before hours of training
+        check_stages(with_runs(cfg, root, model))
     if cfg.ingest and not (cfg.dataset_dir / "manifest.json").exists():
         from train.demo import ingest
 
@@ -111,12 +114,12 @@ def main(
         path = root / "tokenizer-config.yaml"
         save_config(cfg, path)
         subprocess.run(launch("train.tokenizer", path, nproc, []), check=True)
-        tokens = ["--tokenizer", str(cfg.tokenizer_checkpoint)]
-        subprocess.run(launch("train.precompute", path, nproc, tokens), check=True)
+        subprocess.run(launch("train.precompute", path, nproc, []), check=True)
     else:
         tokenizer.main(cfg)
-        precompute.main(cfg, cfg.tokenizer_checkpoint)
-    has_actions = any(cfg.dataset_dir.glob("tokens/*/train/parts/*/actions.npy"))
+        precompute.main(cfg)
+    train_cache = cache_dir(cfg.data.root, cfg.data.dataset, file_id(cfg.tokenizer_checkpoint), "train")
+    has_actions = TokenCache(train_cache).has("actions")
     runs = []
     for model in models:
         if model == "world_model" and not has_actions:

@@ -46,7 +46,7 @@ def main(cfg: Config) -> Path:
     for name, run in (
         ("ingest", lambda: ingest(cfg)),
         ("tokenizer", lambda: tokenizer.main(cfg)),
-        ("precompute", lambda: precompute.main(cfg, cfg.tokenizer_checkpoint)),
+        ("precompute", lambda: precompute.main(cfg)),
         ("flam", lambda: lam.main(cfg)),
         ("evaluate", lambda: evaluate.main([cfg.lam_run_dir], eval_overrides)),
     ):

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from model.tokenizer import Tokenizer
 from model.zoo import build_model
 from shards.config import to_dict
-from shards.tokens import TokenCache, cache_dir, file_id, manifest_sha256, open_checked
+from shards.tokens import TokenCache, cache_dir, file_id, has_index, manifest_sha256, open_checked
 from train.batches import GlobalBatches, TokenWindows, collate, to_model_batch
 from train.common import (
     Checkpoints,
@@ -45,7 +45,7 @@ from train.common import (
     warmup_cosine,
     wrap_for_training,
 )
-from train.config import Config, load_config, save_config
+from train.config import Config, check_stages, load_config, save_config, upgrade_config_dict, with_token_shape
 from train.eval.rollout import evenly_spaced
 from train.eval.scoring import Scorer, score_rollouts
 from train.visuals import TensorBoard, video_grid, write_gif
@@ -87,7 +87,7 @@ def validate(
     ``video_dir``; {} when there are no val windows."""
     lt = cfg.lam_train
     split_dir = cache_dir(cfg.data.root, cfg.data.dataset, tokenizer_id, "val")
-    if not (split_dir / "index.json").exists():
+    if not has_index(split_dir):
         return {}
     try:
         windows = TokenWindows(TokenCache(split_dir), lt.rollout_steps + 1, lt.rollout_steps + 1)
@@ -118,9 +118,10 @@ def validate(
 RESUME_FREE = {
     "lam_train": {
         *("steps", "log_every", "val_every", "val_clips", "rollout_steps", "ckpt_every", "keep_last"),
-        *("run_dir", "tokenizer", "compile", "allow_partial", "allow_config_change"),
+        *("run_dir", "compile", "allow_partial", "allow_config_change"),
     },
-    "data": {"root", "shuffle_buffer", "num_workers", "verify_shards"},
+    # data.tokenizer is a path: the tokenizer id itself is checked on resume (a new one is refused)
+    "data": {"root", "tokenizer", "shuffle_buffer", "num_workers", "verify_shards"},
 }
 
 
@@ -131,6 +132,7 @@ def main(cfg: Config) -> Path:
 
 
 def train(cfg: Config) -> Path:
+    check_stages(cfg)
     lt = cfg.lam_train
     dist_info = init_distributed()
     device, rank, world = dist_info.device, dist_info.rank, dist_info.world_size
@@ -156,11 +158,7 @@ def train(cfg: Config) -> Path:
     # The frozen tokenizer: codes -> features for every batch, and the decoder of the validation rollouts.
     tokenizer, _ = load_tokenizer(cfg.tokenizer_checkpoint, device)
     h, w = cache.info.grid
-    if (cfg.lam.num_tokens, cfg.lam.feature_dim) != (h * w, len(cache.info.levels)):
-        raise ValueError(
-            f"lam.num_tokens={cfg.lam.num_tokens} / lam.feature_dim={cfg.lam.feature_dim} do not match the "
-            f"token cache ({h}x{w} tokens of {len(cache.info.levels)} FSQ dims): fix the config preset"
-        )
+    cfg = with_token_shape(cfg, h * w, len(cache.info.levels))  # N and F as the cache holds them
 
     model = build_model(cfg.model, cfg.lam).to(device)
     if model.needs_actions and "actions" not in windows[0]:
@@ -180,6 +178,7 @@ def train(cfg: Config) -> Path:
     step = 0
     state = ckpts.load_latest()  # on the CPU: load_state_dict moves the weights, RNG must stay there
     if state is not None:
+        state["config"] = upgrade_config_dict(state["config"])
         if state["tokenizer_id"] != tokenizer_id:
             raise ValueError(
                 f"{ckpts.latest} was trained on tokens of tokenizer {state['tokenizer_id']}, this run uses "

@@ -1,7 +1,8 @@
 """Stream every split's clip shards through the frozen tokenizer into the token cache on disk.
 
-    python -m train.precompute --config configs/multigrid.yaml --tokenizer runs/tok-multigrid/ckpt/latest
-    torchrun --nproc_per_node=8 -m train.precompute --config ... --tokenizer ...   # shards split over ranks
+    python -m train.precompute --config configs/multigrid.yaml     # the tokenizer of runs/tok-multigrid/
+    python -m train.precompute --config configs/multigrid.yaml data.tokenizer=runs/tok-a/ckpt/latest
+    torchrun --nproc_per_node=8 -m train.precompute --config ...   # shards split over ranks
 
 Output: ``<root>/<dataset>/tokens/<tokenizer-id>/<split>/`` (format in ``shards/tokens.py``) plus
 ``recon.json`` / ``recon.md`` next to the splits: the frozen tokenizer's reconstruction PSNR/SSIM on
@@ -36,8 +37,12 @@ from shards.integrity import REPAIR_HINT, check_shards, describe
 from shards.loader import ClipDataset, ClipLoader, ShardInfo, list_shards
 from shards.manifest import load_manifest
 from shards.tokens import (
+    RECON_JSON,
+    RECON_MD,
+    SOURCE_NAME,
     CacheInfo,
     cache_dir,
+    cache_root,
     clear_stale_temporaries,
     manifest_sha256,
     mark_incomplete,
@@ -214,7 +219,7 @@ def encode_shards(
 
 
 @torch.no_grad()
-def recon_report(cfg: Config, tokenizer: Tokenizer, out_dir: Path, device: torch.device) -> dict:
+def recon_report(cfg: Config, tokenizer: Tokenizer, tokenizer_id: str, device: torch.device) -> dict:
     """Reconstruction PSNR/SSIM of the frozen tokenizer on val and test clips, every frame: the Recon
     ceiling, decoded and scored as evaluation scores its Recon row (``train/eval/scoring.py``)."""
     report = {}
@@ -223,7 +228,7 @@ def recon_report(cfg: Config, tokenizer: Tokenizer, out_dir: Path, device: torch
             shards = list_shards(cfg.dataset_dir, split)
         except ValueError:
             continue
-        split_dir = cache_dir(cfg.data.root, cfg.data.dataset, out_dir.name, split)
+        split_dir = cache_dir(cfg.data.root, cfg.data.dataset, tokenizer_id, split)
         # only shards whose part is complete: they were whole (and verified) when encoded
         shards = [s for s in shards if (read_part_record(split_dir, stem(s)) or {}).get("complete")]
         if not shards:
@@ -247,19 +252,23 @@ def recon_report(cfg: Config, tokenizer: Tokenizer, out_dir: Path, device: torch
                 "clips": n,
                 "frames": int(scores["psnr"].numel()),
             }
-    (out_dir / "recon.json").write_text(json.dumps(report, indent=1))
+    out_dir = cache_root(cfg.data.root, cfg.data.dataset, tokenizer_id)
+    (out_dir / RECON_JSON).write_text(json.dumps(report, indent=1))
     lines = ["| split | PSNR (dB) | SSIM | frames |", "|---|---|---|---|"]
     lines += [f"| {k} | {v['psnr']:.2f} | {v['ssim']:.4f} | {v['frames']} |" for k, v in report.items()]
-    (out_dir / "recon.md").write_text(
+    (out_dir / RECON_MD).write_text(
         "# Tokenizer reconstruction (Recon ceiling)\n\n" + "\n".join(lines) + "\n"
     )
     return report
 
 
-def main(cfg: Config, tokenizer_path: str | Path) -> Path:
+def main(cfg: Config) -> Path:
+    """Encode every split of ``cfg.precompute.splits`` with the tokenizer ``cfg.tokenizer_checkpoint``
+    (``data.tokenizer``); returns the cache root."""
     dist_info = init_distributed()
+    tokenizer_path = cfg.tokenizer_checkpoint
     tokenizer, tokenizer_id = load_tokenizer(tokenizer_path, dist_info.device)
-    root = cache_dir(cfg.data.root, cfg.data.dataset, tokenizer_id, "x").parent
+    root = cache_root(cfg.data.root, cfg.data.dataset, tokenizer_id)
     # One precompute per cache (rank 0 holds the lock for the job): a second one would delete the
     # first one's temporaries.
     with exclusive(root, "precompute") if dist_info.is_main else contextlib.nullcontext():
@@ -269,7 +278,7 @@ def main(cfg: Config, tokenizer_path: str | Path) -> Path:
                 cfg, tokenizer, tokenizer_id, split, dist_info.rank, dist_info.world_size, dist_info.device
             )
         if dist_info.is_main:
-            report = recon_report(cfg, tokenizer, root, dist_info.device)
+            report = recon_report(cfg, tokenizer, tokenizer_id, dist_info.device)
             print(f"token cache: {root}\nRecon: {json.dumps(report)}")
     cleanup_distributed()
     return root
@@ -282,7 +291,7 @@ def check_source(cfg: Config, root: Path, tokenizer_path: str | Path, is_main: b
         "manifest_sha256": manifest_sha256(cfg.dataset_dir),
         "tokenizer": str(Path(tokenizer_path).resolve()),
     }
-    source_path = root / "source.json"
+    source_path = root / SOURCE_NAME
     if source_path.exists():
         old = read_json(source_path, f"delete {root} and rerun precompute")
         if not isinstance(old, dict) or old.get("manifest_sha256") != source["manifest_sha256"]:
@@ -298,8 +307,10 @@ def check_source(cfg: Config, root: Path, tokenizer_path: str | Path, is_main: b
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="a preset in configs/, e.g. configs/multigrid.yaml")
-    p.add_argument("--tokenizer", help="tokenizer checkpoint (default: runs/tok-<dataset>/ckpt/latest)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. precompute.batch_clips=32")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="dotted overrides, e.g. data.tokenizer=runs/tok-multigrid/ckpt/latest precompute.batch_clips=32",
+    )
     args = p.parse_args()
-    cfg = load_config(args.config, args.overrides)
-    main(cfg, args.tokenizer or cfg.tokenizer_run_dir / "ckpt" / "latest")
+    main(load_config(args.config, args.overrides))

@@ -86,7 +86,7 @@ RESUME_FREE = {
         *("steps", "log_every", "image_every", "ckpt_every", "keep_last", "val_batches", "run_dir"),
         *("compile", "allow_partial", "allow_config_change"),
     },
-    "data": {"root", "num_workers", "verify_shards"},
+    "data": {"root", "tokenizer", "num_workers", "verify_shards"},
 }
 
 
