@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -68,18 +69,61 @@ def save_tokenizer(run_dir: Path, cfg: TokenizerConfig = TINY_TOKENIZER, seed: i
     return ckpts.latest
 
 
-def kill_run(proc: subprocess.Popen, marker: str) -> None:
-    """SIGKILL a torchrun launch and every worker it started: its process group, plus any process whose
-    command line names ``marker`` (torchrun's workers may sit in sessions of their own, and an orphaned
-    rank 0 would go on writing checkpoints)."""
-    os.killpg(proc.pid, signal.SIGKILL)
+def _children() -> dict[int, list[int]]:
+    """Parent pid -> child pids of every process, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # the name may hold spaces: after ")"
+        except (OSError, IndexError, ValueError):  # the process ended while we read
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    return children
+
+
+def process_tree(pid: int) -> set[int]:
+    """``pid`` and every process below it."""
+    children, tree, todo = _children(), {pid}, [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in tree:
+                tree.add(child)
+                todo.append(child)
+    return tree
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # zombie: dead
+    except (OSError, IndexError):
+        return False
+
+
+def _signal(pids: set[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):  # already gone
+            os.kill(pid, sig)
+
+
+def kill_run(proc: subprocess.Popen) -> None:
+    """SIGKILL a launched job and every process it started, by their ids: torchrun's workers sit in
+    sessions of their own, and an orphaned rank 0 would go on writing checkpoints. The tree is stopped
+    first (SIGSTOP), so nothing forks or is orphaned while it is collected; then every pid is killed."""
+    tree: set[int] = set()
+    while True:  # stop what we know, look again: done when stopping found nothing new
+        found = process_tree(proc.pid) if _alive(proc.pid) else {proc.pid}
+        new = (found | tree) - tree
+        if not new:
+            break
+        _signal(new, signal.SIGSTOP)
+        tree |= new
+    _signal(tree, signal.SIGKILL)
     proc.wait()
     deadline = time.time() + 30
-    while subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0:
-        subprocess.run(["pkill", "-KILL", "-f", marker], capture_output=True)
+    while any(_alive(pid) for pid in tree - {proc.pid}):
         if time.time() > deadline:
-            raise RuntimeError(f"processes running {marker} survived SIGKILL")
-        time.sleep(0.1)
+            raise RuntimeError(f"processes {sorted(p for p in tree if _alive(p))} survived SIGKILL")
+        time.sleep(0.05)
 
 
 def moving_objects(
