@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="session")
 def ray_session():
@@ -42,14 +40,14 @@ def python_cmd() -> list[str]:
     return [sys.executable]
 
 
-# Built once per session for the integrity tests (tests/test_integrity.py, test_checkpoints.py, ...):
+# Built once per session for the integrity tests (tests/reliability/, tests/train/test_checkpoints.py, ...):
 # a 20-episode MultiGrid set (2 train shards of 16 clips, val and test shards of 2), a random tiny
 # tokenizer and the token cache it makes. Tests that damage data copy it first (``copy_dataset``).
 
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
-    from .helpers import ingest_multigrid
+    from tests.helpers import ingest_multigrid
 
     root = tmp_path_factory.mktemp("tiny-data")
     ingest_multigrid(root, episodes=20)
@@ -58,7 +56,7 @@ def tiny_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tmp_path_factory) -> Path:
-    from .helpers import save_tokenizer
+    from tests.helpers import save_tokenizer
 
     return save_tokenizer(tmp_path_factory.mktemp("tiny-tok"))
 
@@ -66,8 +64,7 @@ def tiny_tokenizer(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_cache(tiny_data, tiny_tokenizer) -> Path:
     """The token cache root (``<root>/multigrid/tokens/<id>``) of tiny_data by tiny_tokenizer."""
+    from tests.helpers import precompute_config
     from train import precompute
-
-    from .helpers import precompute_config
 
     return precompute.main(precompute_config(tiny_data, tiny_tokenizer))

@@ -17,6 +17,7 @@ from model.tokenizer import Tokenizer, TokenizerConfig
 from shards.config import to_dict
 from train.common import Checkpoints
 
+REPO = Path(__file__).resolve().parents[1]
 TINY_TOKENIZER = TokenizerConfig(channels=(8, 8, 8), num_res_blocks=1)
 # A FLAM small enough to train a few steps on CPU in seconds (overrides of configs/demo.yaml).
 TINY_LAM = [

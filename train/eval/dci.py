@@ -27,7 +27,8 @@ Judgement calls:
   scored D = C = 0.78 under scikit-learn's ``C=1`` penalty, above many trained models. The grid
   ``CV_WEIGHT_DECAYS`` is fitted on the first 80% of the probe-training frames and scored by matched NLL
   on the last 20%; the winner is refitted on all of them. Random slots then pick the strongest penalty
-  (flat likelihoods, D and C near 0) and informative slots a weak one (tests/test_dci.py bounds both);
+  (flat likelihoods, D and C near 0) and informative slots a weak one (tests/train/eval/test_dci.py
+  bounds both);
 * M == 1 gives D = 1 and K == 1 gives C = 1 (a distribution over a single outcome is trivially
   concentrated, and ``log 1 = 0`` leaves the normalised entropy undefined);
 * the default split is contiguous (the first ``train_fraction`` of the frames train the probe), so frames
@@ -37,7 +38,7 @@ Judgement calls:
   importance weighting, which discounts them;
 * re-matching before every step is hard EM and can settle in a local optimum; from the zero start all
   costs tie and the first matching is the identity, from which the synthetic checks in
-  ``tests/test_dci.py`` still reach the correct matching.
+  ``tests/train/eval/test_dci.py`` still reach the correct matching.
 """
 
 from __future__ import annotations

@@ -13,8 +13,7 @@ from model.config import LAMConfig
 from model.fsq import FSQ
 from model.vq import VectorQuantizer
 from model.zoo import MODELS, TABLE1_ORDER, build_model
-
-from .helpers import moving_objects
+from tests.helpers import moving_objects
 
 B, T, N, F, K, M = 2, 5, 16, 5, 4, 3
 TINY = LAMConfig(

@@ -13,14 +13,12 @@ import pytest
 
 from shards.integrity import PartialDataError
 from shards.tokens import CorruptCacheError, TokenCache
+from tests.helpers import REPO, TINY_LAM, copy_dataset, precompute_config, tree_bytes
 from train import evaluate, precompute
 from train import lam as train_lam
 from train import tokenizer as train_tokenizer
 from train.common import load_checkpoint
 from train.config import load_config
-
-from .conftest import REPO
-from .helpers import TINY_LAM, copy_dataset, precompute_config, tree_bytes
 
 SHARD = "multigrid-train-000000"
 

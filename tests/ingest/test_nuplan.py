@@ -39,9 +39,8 @@ from ingest.pipeline import IngestError, run_ingest
 from ingest.splits import assign_splits
 from shards.format import ClipMeta
 from shards.video import decode_video, encode_frames
-
-from .conftest import REPO
-from .nuplan_fixture import (
+from tests.helpers import REPO
+from tests.nuplan_fixture import (
     CORRUPT_DB,
     CORRUPT_LOG,
     DISTORTION,

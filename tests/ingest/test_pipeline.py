@@ -24,8 +24,7 @@ from shards.format import SPLITS, ClipMeta, npy_load
 from shards.manifest import load_manifest, read_block_records
 from shards.video import decode_video
 from shards.writer import sha256_file
-
-from .conftest import REPO
+from tests.helpers import REPO
 
 SMALL = {"episodes": 20, "clip_len": 8, "episodes_per_shard": 10, "source": {"episode_len": 24}}
 

@@ -16,8 +16,7 @@ from model.dynamics import FDM, IDM, gaussian_kl, reparameterize
 from model.flam import FLAM, Aggregator
 from model.fsq import FSQ
 from model.slots import Factorizer, SlotAttention
-
-from .helpers import moving_objects, random_walkers
+from tests.helpers import moving_objects, random_walkers
 
 B, T, N, F = 2, 5, 16, 5
 TINY = LAMConfig(

@@ -36,8 +36,7 @@ from shards.loader import (
 )
 from shards.tar import RawSample, ShardInfo, read_samples
 from shards.writer import ShardWriter
-
-from .conftest import REPO
+from tests.helpers import REPO
 
 # 24 episodes of 16 frames -> 48 clips of 8 frames; 3 episodes per block -> 8 train shards of 4-6 clips.
 CFG = {"episodes": 24, "clip_len": 8, "episodes_per_shard": 3, "source": {"episode_len": 16}}

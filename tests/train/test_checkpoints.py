@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import REPO, TINY_LAM, precompute_config
 from train import evaluate, precompute
 from train import lam as train_lam
 from train.common import (
@@ -25,9 +26,6 @@ from train.common import (
     train_state,
 )
 from train.config import load_config, save_config
-
-from .conftest import REPO
-from .helpers import TINY_LAM, precompute_config
 
 
 def lam_config(root, tokenizer, run_dir, steps: int, *extra: str):

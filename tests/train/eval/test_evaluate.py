@@ -14,13 +14,11 @@ from model.base import TokenWorldModel
 from model.config import LAMConfig
 from model.flam import FLAM
 from shards.config import merge, parse_overrides, to_dict
+from tests.helpers import REPO, ingest_multigrid, save_tokenizer
 from train import evaluate, precompute
 from train import lam as train_lam
 from train.config import load_config
 from train.eval.report import SCORES_SCHEMA, table1, table2_dci
-
-from .conftest import REPO
-from .helpers import ingest_multigrid, save_tokenizer
 
 TINY = [
     "lam.dim=32",

@@ -12,7 +12,7 @@ from model.i3d import I3D, MIN_FRAMES, default_weights_path, load_i3d, read_weig
 from model.metrics import frechet_distance, fvd
 from tests.fixtures.make_i3d_reference import reference_videos
 
-FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "i3d_reference.npz")
+FIXTURE = os.path.join(os.path.dirname(__file__), os.pardir, "fixtures", "i3d_reference.npz")
 
 
 def weights_or_skip():

@@ -13,12 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import REPO, TINY_LAM, copy_dataset, tree_bytes
 from train import lam as train_lam
 from train.common import load_checkpoint
 from train.config import load_config
-
-from .conftest import REPO
-from .helpers import TINY_LAM, copy_dataset, tree_bytes
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 KILLS = [2, pytest.param(6, marks=pytest.mark.slow)]

@@ -15,13 +15,11 @@ import torch
 
 from shards.config import ConfigError
 from shards.tokens import StaleCacheError
+from tests.helpers import REPO, TINY_LAM, ingest_multigrid, kill_run, save_tokenizer
 from train import lam as train_lam
 from train import precompute
 from train.common import load_checkpoint
 from train.config import load_config
-
-from .conftest import REPO
-from .helpers import TINY_LAM, ingest_multigrid, kill_run, save_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,10 @@ import time
 import pytest
 import torch
 
+from tests.helpers import REPO, ingest_multigrid, kill_run
 from train import tokenizer as train_tokenizer
 from train.common import load_checkpoint, load_tokenizer
 from train.config import load_config
-
-from .conftest import REPO
-from .helpers import ingest_multigrid, kill_run
 
 TINY = [
     "tokenizer.channels=[8,8,8]",

@@ -6,10 +6,9 @@ import pytest
 
 from model.tokenizer import Tokenizer
 from model.zoo import build_model
+from tests.helpers import REPO
 from train.compare import COMPARED, main, with_runs
 from train.config import brief_config, check_stages, load_config, with_token_shape
-
-from .conftest import REPO
 
 
 @pytest.mark.parametrize("name", ["multigrid", "multigrid_correlated", "bigfish", "leaper", "starpilot"])

@@ -1,5 +1,5 @@
 """Precompute: the cache equals tokenizer.encode of the decoded clips, aligned ground truth, Recon
-report, idempotent reruns and stale caches refused (kills: tests/test_faults.py)."""
+report, idempotent reruns and stale caches refused (kills: tests/reliability/test_faults.py)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,10 @@ from shards.format import npy_load
 from shards.manifest import load_manifest
 from shards.tokens import StaleCacheError, TokenCache, file_id, manifest_sha256
 from shards.video import decode_video
+from tests.helpers import REPO, TINY_TOKENIZER, ingest_multigrid, save_tokenizer
 from train import precompute
 from train.common import load_tokenizer
 from train.config import load_config
-
-from .conftest import REPO
-from .helpers import TINY_TOKENIZER, ingest_multigrid, save_tokenizer
 
 
 def config(root, tokenizer, workers: int = 0):

@@ -6,9 +6,8 @@ import torch
 
 from model.flam import FLAM
 from model.tokenizer import Tokenizer
+from tests.helpers import REPO
 from train.config import brief_config, load_config, with_token_shape
-
-from .conftest import REPO
 
 # configs/brief.yaml is the CPU-size overlay applied over a preset, not a preset of its own.
 PRESETS = sorted(p.stem for p in (REPO / "configs").glob("*.yaml") if p.stem != "brief")

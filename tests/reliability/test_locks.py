@@ -10,13 +10,11 @@ import pytest
 
 from ingest.__main__ import main as ingest_main
 from shards.files import FolderLocked
+from tests.helpers import REPO, TINY_LAM, precompute_config
 from train import lam as train_lam
 from train import precompute
 from train import tokenizer as train_tokenizer
 from train.config import load_config
-
-from .conftest import REPO
-from .helpers import TINY_LAM, precompute_config
 
 HOLD = """import sys, time
 from shards.files import exclusive

@@ -22,11 +22,9 @@ from shards.tar import ShardInfo, read_samples
 from shards.tokens import TokenCache
 from shards.video import encode_frames
 from shards.writer import ShardWriter
+from tests.helpers import REPO, copy_dataset, ingest_multigrid, precompute_config
 from train import precompute
 from train.config import load_config
-
-from .conftest import REPO
-from .helpers import copy_dataset, ingest_multigrid, precompute_config
 
 SHARD = "multigrid-train-000000"
 

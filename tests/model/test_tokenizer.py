@@ -4,14 +4,12 @@ config/input errors, and a tiny tokenizer overfitting a few synthetic frames."""
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 import pytest
 import torch
 
 from model.tokenizer import ARCHS, Tokenizer, TokenizerConfig, reconstruction_loss, to_float, to_uint8
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 
 
 def tiny(**kw) -> TokenizerConfig:
