@@ -1,12 +1,49 @@
-"""Shared fixtures. Ray starts once per session, only for tests marked ``ray``."""
+"""Shared fixtures (Ray starts once per session, only for tests marked ``ray``; the tiny data set, tokenizer
+and token cache are built once per session), and ``--cpu-durations N``: the N tests that used the most CPU
+time, a measure that moves less than wall time on a shared machine."""
 
 from __future__ import annotations
 
 import os
+import resource
 import sys
 from pathlib import Path
 
 import pytest
+
+_CPU_SECONDS: dict[str, float] = {}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--cpu-durations",
+        type=int,
+        default=0,
+        metavar="N",
+        help="list the N tests that used the most CPU time (this process and the subprocesses it waited "
+        "for; setup, call and teardown; session fixtures count where first used)",
+    )
+
+
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    start = _cpu_seconds()
+    yield
+    _CPU_SECONDS[item.nodeid] = _cpu_seconds() - start
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    n = config.getoption("--cpu-durations")
+    if not n or not _CPU_SECONDS:
+        return
+    terminalreporter.section(f"CPU time: {sum(_CPU_SECONDS.values()):.0f} s in all; the {n} largest")
+    for nodeid, seconds in sorted(_CPU_SECONDS.items(), key=lambda kv: -kv[1])[:n]:
+        terminalreporter.write_line(f"{seconds:8.1f}s  {nodeid}")
 
 
 @pytest.fixture(scope="session")
