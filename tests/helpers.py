@@ -1,8 +1,11 @@
-"""Small builders shared by the training-side tests: a MultiGrid shard set and a tokenizer checkpoint."""
+"""Small builders shared by the tests, sized from configs/demo.yaml (MultiGrid at the CPU size of
+configs/brief.yaml: 64x64 frames, 8x8 tokens): a shard set, a tokenizer checkpoint, training configs, and
+the process helpers of the kill tests."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
@@ -16,10 +19,14 @@ from ingest.pipeline import run_ingest
 from model.tokenizer import Tokenizer, TokenizerConfig
 from shards.config import to_dict
 from train.common import Checkpoints
+from train.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_TOKENIZER = TokenizerConfig(channels=(8, 8, 8), num_res_blocks=1)
-# A FLAM small enough to train a few steps on CPU in seconds (overrides of configs/demo.yaml).
+DEMO = load_config(REPO / "configs/demo.yaml")
+# The demo's tokenizer, narrower: a random one encodes a 16-frame clip in milliseconds.
+TINY_TOKENIZER = dataclasses.replace(DEMO.tokenizer, channels=(8, 8, 8))
+# A FLAM small enough to train a few steps on CPU in seconds (overrides of configs/demo.yaml). Latents
+# are sampled from step 0 (no warm-up), so every run exercises the noise of the global batch.
 TINY_LAM = [
     "lam.dim=32",
     "lam.num_heads=2",
@@ -35,20 +42,20 @@ TINY_LAM = [
     "lam_train.val_clips=2",
     "lam_train.rollout_steps=3",
     "lam_train.warmup_steps=2",
-    "lam_train.lr=1e-3",
+    "lam_train.latent_warmup_steps=0",
 ]
 
 
+def multigrid_ingest(episodes: int = 20, episode_len: int = 16, clip_len: int = 8) -> dict:
+    """Ingest overrides: ``episodes`` MultiGrid episodes as the demo renders them (``ingest.source`` of
+    configs/demo.yaml), ``episode_len`` frames each in clips of ``clip_len``, 10 episodes per shard."""
+    source = {**DEMO.ingest["source"], "episode_len": episode_len}
+    return {"episodes": episodes, "clip_len": clip_len, "episodes_per_shard": 10, "source": source}
+
+
 def ingest_multigrid(out: Path, episodes: int = 20, episode_len: int = 16, clip_len: int = 8) -> Path:
-    cfg = build_config(
-        "multigrid",
-        {
-            "episodes": episodes,
-            "clip_len": clip_len,
-            "episodes_per_shard": 10,
-            "source": {"episode_len": episode_len},
-        },
-    )
+    """``multigrid_ingest`` rendered into ``out/multigrid/`` (in process, no Ray)."""
+    cfg = build_config("multigrid", multigrid_ingest(episodes, episode_len, clip_len))
     run_ingest(cfg, RunOptions(out=str(out), executor="local", progress=False))
     return out / "multigrid"
 
@@ -177,8 +184,6 @@ def random_walkers(
 def precompute_config(root: Path, tokenizer: Path, *overrides: str):
     """configs/demo.yaml for precompute on ``root`` with ``tokenizer``: one process, no workers, a small
     Recon report."""
-    from train.config import load_config
-
     base = [
         f"data.root={root}",
         f"data.tokenizer={tokenizer}",
@@ -186,7 +191,14 @@ def precompute_config(root: Path, tokenizer: Path, *overrides: str):
         "precompute.batch_clips=8",
     ]
     base.append("precompute.report_clips=4")
-    return load_config(Path(__file__).resolve().parents[1] / "configs/demo.yaml", [*base, *overrides])
+    return load_config(REPO / "configs/demo.yaml", [*base, *overrides])
+
+
+def lam_config(root: Path, tokenizer: Path, run_dir: Path, *overrides: str):
+    """configs/demo.yaml at ``TINY_LAM`` size, training on ``root``'s token cache of ``tokenizer`` into
+    ``run_dir``."""
+    base = [*TINY_LAM, f"data.root={root}", f"data.tokenizer={tokenizer}", f"lam_train.run_dir={run_dir}"]
+    return load_config(REPO / "configs/demo.yaml", [*base, *overrides])
 
 
 def copy_dataset(root: Path, dest: Path) -> Path:

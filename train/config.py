@@ -254,15 +254,29 @@ def upgrade_config_dict(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "lam_train": lam_train, "data": section}
 
 
+# A preset's top-level key naming another preset that it overrides at CPU size: ``brief_of: multigrid``
+# means configs/multigrid.yaml with configs/brief.yaml over it (``brief_config``), then this preset's keys.
+BRIEF_OF = "brief_of"
+
+
 def load_config(path: str | Path | None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
-    """Defaults <- YAML preset at ``path`` <- overrides (``["a.b=1"]`` or a nested dict)."""
+    """Defaults <- YAML preset at ``path`` <- overrides (``["a.b=1"]`` or a nested dict). A preset with
+    ``brief_of: <name>`` starts from ``configs/<name>.yaml`` at CPU size instead of the defaults."""
     data: dict[str, Any] = to_dict(Config())
     if path is not None:
         path = Path(path)
         if not path.exists():
             presets = sorted(p.name for p in Path("configs").glob("*.yaml"))
             raise FileNotFoundError(f"config {path} not found; presets in configs/: {presets}")
-        data = merge(data, load_yaml(path))
+        preset = load_yaml(path)
+        base = preset.pop(BRIEF_OF, None)
+        if base is not None:
+            if not isinstance(base, str) or base == path.stem:
+                raise ConfigError(
+                    f"{path}: '{BRIEF_OF}' must name another preset of {path.parent}, got {base!r}"
+                )
+            data = to_dict(brief_config(load_config(path.parent / f"{base}.yaml")))
+        data = merge(data, preset)
     if overrides:
         data = merge(data, parse_overrides(overrides) if isinstance(overrides, list) else overrides)
     return from_dict(Config, data)

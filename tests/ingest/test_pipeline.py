@@ -176,11 +176,12 @@ def test_resume_after_kill_finishes_without_duplicates(tmp_path, python_cmd):
         "local",
         "--no-progress",
         "--episodes",
-        "120",
+        "60",
         "--clip-len",
         "8",
-        "episodes_per_shard=10",
+        "episodes_per_shard=5",
         "source.episode_len=24",
+        "source.tile_size=8",  # 64x64 frames: the resume logic does not depend on the size
     ]
     out_a, out_b = tmp_path / "killed", tmp_path / "clean"
     proc = subprocess.Popen(

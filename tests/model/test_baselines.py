@@ -23,6 +23,7 @@ TINY = LAMConfig(
     num_slots=K,
     slot_iters=2,
     num_tokens=N,
+    feature_dim=F,
     max_frames=8,
     vq_codes=16,
     num_actions=7,

@@ -20,7 +20,15 @@ from tests.helpers import moving_objects, random_walkers
 
 B, T, N, F = 2, 5, 16, 5
 TINY = LAMConfig(
-    dim=32, num_heads=4, depth=1, num_slots=3, slot_iters=2, action_dim=8, num_tokens=N, max_frames=8
+    dim=32,
+    num_heads=4,
+    depth=1,
+    num_slots=3,
+    slot_iters=2,
+    action_dim=8,
+    num_tokens=N,
+    feature_dim=F,
+    max_frames=8,
 )
 VARIANTS = {
     "flam": TINY,
@@ -53,6 +61,9 @@ def test_config_defaults_match_table5() -> None:
     assert cfg.latent_action_dim == 64  # capacity matched: K * A = dim
     assert LAMConfig(num_slots=16, num_tokens=196).latent_action_dim == 16
     assert LAMConfig(action_dim=10).latent_action_dim == 10
+    assert cfg.num_tokens == cfg.feature_dim == 0  # read from the token cache by train/lam.py
+    with pytest.raises(ValueError, match="from the token cache"):
+        FLAM(cfg)  # a model needs them: never a silent default
 
 
 @pytest.mark.parametrize(
@@ -373,7 +384,9 @@ def train_walkers(name: str, steps: int = 800) -> tuple[torch.nn.Module, torch.T
 
     train, _, _ = random_walkers(256, seed=0)
     test, _, _ = random_walkers(64, seed=1)
-    cfg = LAMConfig(dim=48, num_heads=4, depth=1, num_slots=3, slot_iters=2, num_tokens=25, max_frames=4)
+    cfg = LAMConfig(
+        dim=48, num_heads=4, depth=1, num_slots=3, slot_iters=2, num_tokens=25, feature_dim=5, max_frames=4
+    )
     model = build_model(name, dataclasses.replace(cfg, slot_pretrain_steps=steps // 2))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(0)
@@ -391,18 +404,22 @@ def train_walkers(name: str, steps: int = 800) -> tuple[torch.nn.Module, torch.T
     return model.eval(), test
 
 
-def test_latent_actions_are_necessary() -> None:
+@pytest.mark.parametrize("against_slotformer", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_latent_actions_are_necessary(against_slotformer: bool) -> None:
     """On random walkers the next frame depends on each sprite's own random move, so only latent actions can
     predict it. A trained FLAM's rollout (latents inferred from the ground truth, as in evaluation) must beat
-    the same model with its latents zeroed, and SlotFormer (no latents), by a wide margin. An IDM blind to
-    the next frame fails this (measured: FLAM 0.027 rollout MSE, zeroed 0.127, copy 0.137)."""
+    the same model with its latents zeroed, and (under ``slow``: one more training) SlotFormer (no
+    latents), by a wide margin. An IDM blind to the next frame fails this (measured: FLAM 0.029 rollout
+    MSE, zeroed 0.093; the margin depends on the seed: torch.manual_seed(1) does not reach it)."""
     flam, test = train_walkers("flam")
-    slotformer, _ = train_walkers("slotformer")
     with torch.no_grad():
         z = flam.infer_actions(test)
         mse = lambda pred: float((pred - test[:, 1:]).square().mean())  # noqa: E731
         rollout = mse(flam.rollout(test[:, :1], z))
         zeroed = mse(flam.rollout(test[:, :1], torch.zeros_like(z)))
-        no_latent = mse(slotformer.rollout(test[:, :1], slotformer.infer_actions(test)))
     assert rollout * 2.5 < zeroed, (rollout, zeroed)
-    assert rollout * 2.5 < no_latent, (rollout, no_latent)
+    if against_slotformer:
+        slotformer, _ = train_walkers("slotformer")
+        with torch.no_grad():
+            no_latent = mse(slotformer.rollout(test[:, :1], slotformer.infer_actions(test)))
+        assert rollout * 2.5 < no_latent, (rollout, no_latent)

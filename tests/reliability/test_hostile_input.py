@@ -22,7 +22,7 @@ from shards.tar import ShardInfo, read_samples
 from shards.tokens import TokenCache
 from shards.video import encode_frames
 from shards.writer import ShardWriter
-from tests.helpers import REPO, copy_dataset, ingest_multigrid, precompute_config
+from tests.helpers import REPO, copy_dataset, ingest_multigrid, multigrid_ingest, precompute_config
 from train import precompute
 from train.config import load_config
 
@@ -89,8 +89,8 @@ print(n, ds.stats["skipped"], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 @pytest.fixture(scope="module")
 def bomb_and_good(tiny_data, tmp_path_factory):
-    """Two one-sample shards: a real 16-frame 128x128 clip, and the same sample whose video is a
-    ~13 KB mp4 of 200 black 1024x1024 frames (630 MB decoded) under the same meta."""
+    """Two one-sample shards: a real clip of tiny_data (8 frames of 64x64), and the same sample whose video
+    is a ~13 KB mp4 of 200 black 1024x1024 frames (630 MB decoded) under the same meta."""
     (good,) = first_samples(tiny_data, 1)
     folder = tmp_path_factory.mktemp("bomb")
     paths = {}
@@ -204,8 +204,12 @@ def small_ingest(tmp_path):
 
 
 def ingest_cli(out, *extra):
+    """``python -m ingest`` with the settings of ``small_ingest`` (as key=value, JSON values are YAML)."""
+    settings = multigrid_ingest(episodes=4)
+    overrides = [f"source.{k}={json.dumps(v)}" for k, v in settings.pop("source").items()]
+    overrides += [f"{k}={json.dumps(v)}" for k, v in settings.items()]
     args = ["multigrid", "--out", str(out), "--executor", "local", "--no-progress", *extra]
-    return ingest_main([*args, "episodes=4", "clip_len=8", "episodes_per_shard=10", "source.episode_len=16"])
+    return ingest_main([*args, *overrides])
 
 
 def test_unreadable_progress_record_makes_ingest_redo_its_block(small_ingest):
@@ -239,9 +243,7 @@ def test_ingest_rerun_redoes_a_shard_with_flipped_bytes(tiny_data, tmp_path, ver
     flipped = bytearray(original)
     flipped[3000:3100] = bytes(b ^ 0xFF for b in flipped[3000:3100])
     shard.write_bytes(bytes(flipped))
-    cfg = build_config(
-        "multigrid", {"episodes": 20, "clip_len": 8, "episodes_per_shard": 10, "source": {"episode_len": 16}}
-    )
+    cfg = build_config("multigrid", multigrid_ingest())  # the settings tiny_data was made with
     run_ingest(cfg, RunOptions(out=str(root), executor="local", progress=False, verify=verify))
     assert (shard.read_bytes() == original) is verify  # --no-verify: size only, the damage stays
 

@@ -13,29 +13,21 @@ import pytest
 
 from shards.integrity import PartialDataError
 from shards.tokens import CorruptCacheError, TokenCache
-from tests.helpers import REPO, TINY_LAM, copy_dataset, precompute_config, tree_bytes
-from train import evaluate, precompute
+from tests import helpers
+from tests.helpers import REPO, copy_dataset, precompute_config, tree_bytes
 from train import lam as train_lam
+from train import precompute
 from train import tokenizer as train_tokenizer
 from train.common import load_checkpoint
 from train.config import load_config
+from train.eval.report import write_reports
+from train.eval.windows import read_windows
 
 SHARD = "multigrid-train-000000"
 
 
 def lam_config(root, tokenizer, run_dir, *extra: str):
-    return load_config(
-        REPO / "configs/demo.yaml",
-        [
-            *TINY_LAM,
-            f"data.root={root}",
-            f"data.tokenizer={tokenizer}",
-            f"lam_train.run_dir={run_dir}",
-            "lam_train.steps=2",
-            "lam_train.ckpt_every=2",
-            *extra,
-        ],
-    )
+    return helpers.lam_config(root, tokenizer, run_dir, "lam_train.steps=2", "lam_train.ckpt_every=2", *extra)
 
 
 def members(path):
@@ -194,10 +186,8 @@ def test_evaluation_refuses_a_split_with_a_missing_shard_unless_allowed(tiny_dat
     (root / "multigrid" / "test" / f"{gone}.tar").unlink()
     args = [f"data.root={root}", "eval.num_clips=0", "eval.context_frames=1", "eval.rollout_steps=3"]
     with pytest.raises(PartialDataError, match=rf"(?s){gone}.*eval.allow_partial=true"):
-        evaluate.read_windows(load_config(REPO / "configs/demo.yaml", args), 4)
-    data = evaluate.read_windows(
-        load_config(REPO / "configs/demo.yaml", [*args, "eval.allow_partial=true"]), 4
-    )
+        read_windows(load_config(REPO / "configs/demo.yaml", args), 4)
+    data = read_windows(load_config(REPO / "configs/demo.yaml", [*args, "eval.allow_partial=true"]), 4)
     assert set(data["missing"]) == {gone} and data["missing"][gone]["got"] == 0
     assert len(data["frames"]) == 2 * 2  # the other test shard's 2 clips of 8 frames, 2 windows each
 
@@ -214,8 +204,11 @@ def test_missing_data_is_written_into_the_evaluation_report(tmp_path):
         "video": "v.gif",
         "missing": {"multigrid-test-000001": {"expected": 2, "got": 0, "problem": "missing"}},
     }
-    evaluate.write_reports({"multigrid": result}, tmp_path)
-    assert json.loads((tmp_path / "scores.json").read_text())["multigrid"]["missing"] == result["missing"]
+    write_reports({"multigrid": result}, tmp_path)
+    assert (
+        json.loads((tmp_path / "scores.json").read_text())["datasets"]["multigrid"]["missing"]
+        == result["missing"]
+    )
     table = (tmp_path / "table1.md").read_text()
     assert "Missing data" in table and "multigrid-test-000001 gave 0/2" in table
     assert "FVD from" not in table  # no FVD was computed: no note about it (F16)

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from tests.helpers import REPO, TINY_LAM, precompute_config
+from tests import helpers
+from tests.helpers import REPO, precompute_config
 from train import evaluate, precompute
 from train import lam as train_lam
 from train.common import (
@@ -29,25 +31,24 @@ from train.config import load_config, save_config
 
 
 def lam_config(root, tokenizer, run_dir, steps: int, *extra: str):
-    return load_config(
-        REPO / "configs/demo.yaml",
-        [
-            *TINY_LAM,
-            f"data.root={root}",
-            f"data.tokenizer={tokenizer}",
-            f"lam_train.run_dir={run_dir}",
-            f"lam_train.steps={steps}",
-            "lam_train.ckpt_every=2",
-            *extra,
-        ],
+    return helpers.lam_config(
+        root, tokenizer, run_dir, f"lam_train.steps={steps}", "lam_train.ckpt_every=2", *extra
     )
 
 
-@pytest.fixture
-def trained(tiny_data, tiny_tokenizer, tiny_cache, tmp_path):
-    """A 4-step FLAM run with checkpoints at steps 2 and 4 (latest)."""
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def trained_once(tiny_data, tiny_tokenizer, tiny_cache, tmp_path_factory):
+    run = tmp_path_factory.mktemp("trained") / "run"
     train_lam.main(lam_config(tiny_data, tiny_tokenizer, run, 4))
+    return run
+
+
+@pytest.fixture
+def trained(trained_once, tmp_path):
+    """A 4-step FLAM run with checkpoints at steps 2 and 4 (latest): a copy of one run per test (times
+    kept: checkpoints are ordered by them)."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_once, run, symlinks=True)
     return run
 
 

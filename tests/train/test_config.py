@@ -48,3 +48,28 @@ def test_malformed_override_and_diff():
     with pytest.raises(ValueError, match="key=value"):
         parse_overrides(["steps"])
     assert diff(to_dict(Outer()), to_dict(Outer(steps=3))) == ["steps: 10 -> 3"]
+
+
+def test_token_shape_is_read_from_the_cache_and_a_value_set_by_hand_is_checked():
+    from tests.helpers import REPO
+    from train.config import load_config, with_token_shape
+
+    cfg = load_config(REPO / "configs/bigfish.yaml")
+    assert (cfg.lam.num_tokens, cfg.lam.feature_dim) == (0, 0)  # never copied into a preset
+    resolved = with_token_shape(cfg, 196, 5)
+    assert (resolved.lam.num_tokens, resolved.lam.feature_dim) == (196, 5)
+    assert with_token_shape(resolved, 196, 5) == resolved  # matching values pass
+    with pytest.raises(ValueError, match=r"lam.num_tokens=256 does not match the token cache"):
+        with_token_shape(load_config(REPO / "configs/bigfish.yaml", ["lam.num_tokens=256"]), 196, 5)
+
+
+def test_configs_saved_before_data_tokenizer_still_load():
+    """A checkpoint's config from before the tokenizer path had one name (lam_train.tokenizer)."""
+    from train.config import Config, load_config, upgrade_config_dict
+
+    old = to_dict(Config())
+    old["lam_train"]["tokenizer"] = "runs/tok/ckpt/latest"
+    del old["data"]["tokenizer"]
+    cfg = load_config(None, upgrade_config_dict(old))
+    assert str(cfg.tokenizer_checkpoint) == "runs/tok/ckpt/latest"
+    assert upgrade_config_dict(to_dict(cfg)) == to_dict(cfg)  # today's layout passes unchanged

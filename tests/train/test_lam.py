@@ -15,21 +15,16 @@ import torch
 
 from shards.config import ConfigError
 from shards.tokens import StaleCacheError
-from tests.helpers import REPO, TINY_LAM, ingest_multigrid, kill_run, save_tokenizer
+from tests.helpers import REPO, TINY_LAM, kill_run, save_tokenizer
 from train import lam as train_lam
-from train import precompute
 from train.common import load_checkpoint
 from train.config import load_config
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lamdata")
-    ingest_multigrid(root, episodes=20)
-    ckpt = save_tokenizer(root / "tok")
-    data = {"root": str(root), "num_workers": 0, "tokenizer": str(ckpt)}
-    precompute.main(load_config(REPO / "configs/demo.yaml", {"data": data}))
-    return root, ckpt
+def cache(tiny_data, tiny_tokenizer, tiny_cache):
+    """The session's shards, tokenizer and token cache (training only reads them)."""
+    return tiny_data, tiny_tokenizer
 
 
 def overrides(cache, run_dir, steps, *extra):

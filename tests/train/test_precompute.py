@@ -14,7 +14,7 @@ from shards.format import npy_load
 from shards.manifest import load_manifest
 from shards.tokens import StaleCacheError, TokenCache, file_id, manifest_sha256
 from shards.video import decode_video
-from tests.helpers import REPO, TINY_TOKENIZER, ingest_multigrid, save_tokenizer
+from tests.helpers import REPO, TINY_TOKENIZER, copy_dataset, save_tokenizer
 from train import precompute
 from train.common import load_tokenizer
 from train.config import load_config
@@ -31,12 +31,11 @@ def config(root, tokenizer, workers: int = 0):
 
 
 @pytest.fixture(scope="module")
-def cached(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pre")
-    ds = ingest_multigrid(root)
-    ckpt = save_tokenizer(root / "tok")
-    out = precompute.main(config(root, ckpt, workers=1))
-    return root, ds, ckpt, out
+def cached(tiny_data, tiny_tokenizer, tmp_path_factory):
+    """The session's shards (copied: their own cache is made here, with a DataLoader worker) and tokenizer."""
+    root = copy_dataset(tiny_data, tmp_path_factory.mktemp("pre"))
+    out = precompute.main(config(root, tiny_tokenizer, workers=1))
+    return root, root / "multigrid", tiny_tokenizer, out
 
 
 def clips_in_shards(ds):
@@ -60,7 +59,7 @@ def test_cache_equals_encode_of_decoded_clips(cached):
     for split in ("train", "val", "test"):
         cache = TokenCache(out / split)
         cache.check(tok_id, manifest_sha256(ds))
-        assert cache.info.grid == (16, 16) and cache.info.levels == TINY_TOKENIZER.levels
+        assert cache.info.grid == (8, 8) and cache.info.levels == TINY_TOKENIZER.levels
         assert len(cache) == load_manifest(ds)["splits"][split]["clips"]
         for i, key in enumerate(cache.keys()):
             s, frames, actions = truth[key]

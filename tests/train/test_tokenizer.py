@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from tests.helpers import REPO, ingest_multigrid, kill_run
+from tests.helpers import REPO, kill_run
 from train import tokenizer as train_tokenizer
 from train.common import load_checkpoint, load_tokenizer
 from train.config import load_config
@@ -28,10 +28,9 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tokdata")
-    ingest_multigrid(root, episodes=20)
-    return root
+def shards(tiny_data):
+    """The session's shards (tokenizer training only reads them)."""
+    return tiny_data
 
 
 def test_single_process_run_writes_checkpoint_images_and_events(shards, tmp_path):

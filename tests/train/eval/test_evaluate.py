@@ -14,27 +14,13 @@ from model.base import TokenWorldModel
 from model.config import LAMConfig
 from model.flam import FLAM
 from shards.config import merge, parse_overrides, to_dict
-from tests.helpers import REPO, ingest_multigrid, save_tokenizer
+from tests.helpers import ingest_multigrid, lam_config, precompute_config, save_tokenizer
 from train import evaluate, precompute
 from train import lam as train_lam
 from train.config import load_config
-from train.eval.report import SCORES_SCHEMA, table1, table2_dci
+from train.eval.report import SCORES_SCHEMA, table1, table2_dci, write_reports
 
-TINY = [
-    "lam.dim=32",
-    "lam.num_heads=2",
-    "lam.depth=1",
-    "lam.num_slots=4",
-    "lam.slot_iters=1",
-    "lam.slot_pretrain_steps=1",
-    "lam_train.batch_size=4",
-    "lam_train.window=4",
-    "lam.max_frames=4",
-    "lam_train.window_stride=4",
-    "lam_train.steps=2",
-    "lam_train.val_every=1000",
-    "lam_train.ckpt_every=2",
-]
+EVAL = ["eval.split=train", "eval.num_clips=3", "eval.rollout_steps=8", "eval.batch_clips=2", "eval.videos=2"]
 
 
 @pytest.fixture(scope="module")
@@ -44,57 +30,14 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaldata")
     ingest_multigrid(root, episodes=12, episode_len=20, clip_len=10)
     ckpt = save_tokenizer(root / "tok")
-    base = {"data": {"root": str(root), "num_workers": 0, "tokenizer": str(ckpt)}}
-    precompute.main(load_config(REPO / "configs/demo.yaml", base))
+    precompute.main(precompute_config(root, ckpt))
     dirs = []
     for model in ("flam", "genie", "world_model"):
         run_dir = root / "runs" / f"{model}-multigrid"
-        args = [*TINY, f"model={model}", f"data.root={root}", f"data.tokenizer={ckpt}"]
-        train_lam.main(load_config(REPO / "configs/demo.yaml", [*args, f"lam_train.run_dir={run_dir}"]))
+        extra = [f"model={model}", "lam.slot_iters=1", "lam_train.steps=2", "lam_train.ckpt_every=2"]
+        train_lam.main(lam_config(root, ckpt, run_dir, *extra))
         dirs.append(run_dir)
     return root, dirs
-
-
-def test_evaluation_of_tiny_runs_writes_tables_videos_and_figures(runs, tmp_path):
-    _, dirs = runs
-    out = evaluate.main(
-        dirs,
-        [
-            f"eval.out={tmp_path}",
-            "eval.split=train",
-            "eval.num_clips=3",
-            "eval.rollout_steps=8",
-            "eval.batch_clips=2",
-            "eval.videos=2",
-        ],
-    )
-    everything = json.loads((out / "scores.json").read_text())
-    assert everything["schema_version"] == SCORES_SCHEMA and len(everything["commit"]) == 40
-    scores = everything["datasets"]["multigrid"]
-    assert scores["windows"] == 3 and scores["rollout_steps"] == 8
-    rows = scores["rows"]
-    assert set(rows) == {"FLAM", "Genie", "World Model", "Recon", "Copy"}
-    for row in rows.values():
-        assert {"psnr", "ssim", "st_lpips", "fvd"} <= set(row) and len(row["psnr_by_step"]) == 8
-        assert "lpips" not in row
-    assert "eval.lpips_backbone" in scores["skipped"]["lpips"]
-    # untrained models predict "copy the last frame": through the decoder they match the Copy row's
-    # structure only approximately, but they must sit below the tokenizer's own reconstruction
-    assert rows["Recon"]["psnr"] > 0 and rows["Copy"]["fvd"] >= 0
-    table = (out / "table1.md").read_text()
-    assert "| multigrid | PSNR (↑) |" in table and "| FLAM | Genie | World Model | Recon |" in table
-    assert "LPIPS skipped" in table and "ST-LPIPS (↓)" in table and "FVD (↓)" in table
-    # DCI: FLAM has slots and MultiGrid has positions; Genie and the World Model have no slots
-    assert set(scores["dci"]) == {"FLAM", "Random"}
-    assert 0 <= scores["dci"]["FLAM"]["informativeness"] <= 1
-    assert (out / "table2_dci.md").exists()
-    assert (out / scores["video"]).stat().st_size > 0
-    figures = scores["figures"]
-    assert any(f.endswith("-control.png") for f in figures["FLAM"])  # Fig. 6 for the factored model
-    assert any(f.endswith("-latent-actions.png") for f in figures["FLAM"])  # Fig. 5
-    assert figures["World Model"] == []  # no latent to plot or control
-    for files in figures.values():
-        assert all((out / f).stat().st_size > 0 for f in files)
 
 
 class ReferenceModel(TokenWorldModel):
@@ -117,23 +60,65 @@ class ReferenceModel(TokenWorldModel):
         return rearrange(actions[:, :, 0], "b t (n f) -> b t n f", f=first.shape[-1])
 
 
-def test_protocol_ground_truth_scores_recon_and_copying_scores_copy(runs, tmp_path):
+@pytest.fixture(scope="module")
+def evaluated(runs, tmp_path_factory):
+    """One evaluation (FVD, ST-LPIPS, DCI, figures) of the three trained runs, loaded from their folders,
+    next to three reference models of the protocol: an oracle rolling out the ground-truth codes, a copier
+    repeating the last context frame and an untrained FLAM (zero head: it copies) -> (folder, results)."""
+    _, dirs = runs
+    out = tmp_path_factory.mktemp("eval")
+    cpu = torch.device("cpu")
+    trained = [evaluate.load_run(d, cpu, [f"eval.out={out}", *EVAL]) for d in dirs]
+    evaluate.label_runs(trained)
+    cfg = trained[0].cfg
+    figures_off = parse_overrides(["eval.control=false", "eval.latent_plot=false"])
+    quiet = load_config(None, merge(to_dict(cfg), figures_off))
+    models = {
+        "Oracle": ReferenceModel(cfg.lam, "oracle"),
+        "Copier": ReferenceModel(cfg.lam, "copy"),
+        "Untrained FLAM": FLAM(cfg.lam),
+    }
+    references = [evaluate.Run(out / name, quiet, model.eval(), 0, name) for name, model in models.items()]
+    results = {"multigrid": evaluate.evaluate_dataset(trained + references, out, cpu)}
+    write_reports(results, out)
+    return out, results["multigrid"]
+
+
+def test_evaluation_writes_tables_videos_and_figures(evaluated):
+    out, scores = evaluated
+    everything = json.loads((out / "scores.json").read_text())
+    assert everything["schema_version"] == SCORES_SCHEMA and len(everything["commit"]) == 40
+    assert everything["datasets"]["multigrid"]["rows"] == json.loads(json.dumps(scores["rows"]))
+    assert scores["windows"] == 3 and scores["rollout_steps"] == 8
+    rows = scores["rows"]
+    assert {"FLAM", "Genie", "World Model", "Recon", "Copy"} <= set(rows)
+    for row in rows.values():
+        assert {"psnr", "ssim", "st_lpips", "fvd"} <= set(row) and len(row["psnr_by_step"]) == 8
+        assert "lpips" not in row
+    assert "eval.lpips_backbone" in scores["skipped"]["lpips"]
+    assert rows["Recon"]["psnr"] > 0 and rows["Copy"]["fvd"] >= 0
+    table = (out / "table1.md").read_text()
+    assert "| multigrid | PSNR (↑) |" in table and "| FLAM | Genie | World Model |" in table
+    assert "LPIPS skipped" in table and "ST-LPIPS (↓)" in table and "FVD (↓)" in table
+    # DCI: the slot models on MultiGrid's positions; Genie and the World Model have no slots
+    assert set(scores["dci"]) == {"FLAM", "Untrained FLAM", "Random"}
+    assert 0 <= scores["dci"]["FLAM"]["informativeness"] <= 1
+    assert (out / "table2_dci.md").exists()
+    assert (out / scores["video"]).stat().st_size > 0
+    figures = scores["figures"]
+    assert any(f.endswith("-control.png") for f in figures["FLAM"])  # Fig. 6 for the factored model
+    assert any(f.endswith("-latent-actions.png") for f in figures["FLAM"])  # Fig. 5
+    assert any(f.endswith("-assignment.png") for f in figures["FLAM"])  # Figs. 7-9
+    assert figures["World Model"] == []  # no latent to plot or control
+    for files in figures.values():
+        assert all((out / f).stat().st_size > 0 for f in files)
+
+
+def test_protocol_ground_truth_scores_recon_and_copying_scores_copy(evaluated):
     """A rollout of the ground-truth future codes scores exactly the Recon row (so Recon is computed on the
     frames the models predict), and repeating the last context frame scores exactly the Copy row, on every
     metric; an untrained FLAM (zero head: it copies) scores Copy too, so no model sees the future."""
-    _, dirs = runs
-    cfg = evaluate.load_run(dirs[0], torch.device("cpu"), []).cfg
-    overrides = ["eval.split=train", "eval.num_clips=3", "eval.rollout_steps=8", "eval.batch_clips=2"]
-    overrides += ["eval.dci=false", "eval.control=false", "eval.latent_plot=false"]
-    cfg = load_config(None, merge(to_dict(cfg), parse_overrides(overrides)))
-    lam = cfg.lam
-    models = {
-        "Oracle": ReferenceModel(lam, "oracle"),
-        "Copier": ReferenceModel(lam, "copy"),
-        "Untrained FLAM": FLAM(lam),
-    }
-    run_list = [evaluate.Run(tmp_path / name, cfg, model.eval(), 0, name) for name, model in models.items()]
-    rows = evaluate.evaluate_dataset(run_list, tmp_path, torch.device("cpu"))["rows"]
+    rows = evaluated[1]["rows"]
     for metric in ("psnr", "ssim", "st_lpips", "fvd", "psnr_by_step"):
         assert rows["Oracle"][metric] == rows["Recon"][metric], metric
         assert rows["Copier"][metric] == rows["Copy"][metric] == rows["Untrained FLAM"][metric], metric
