@@ -11,7 +11,20 @@ from pathlib import Path
 
 import pytest
 
+# One intra-op thread for this process and every subprocess a test starts (torchrun ranks, entry points,
+# Ray workers): the tests' tensors are tiny, and on a shared 2-core machine extra threads wait on each
+# other (measured: a tiny tokenizer overfit takes 3.5 s of CPU on one thread, and took 200 s of wall time
+# with torch's default two threads on a busy machine). Set OMP_NUM_THREADS yourself to override.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
+
 _CPU_SECONDS: dict[str, float] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
