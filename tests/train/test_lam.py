@@ -63,6 +63,25 @@ def torchrun(args, nproc=2, extra=()):
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
+def flam_12(cache, run_dir):
+    """12 FLAM steps, a checkpoint every 3."""
+    return overrides(cache, run_dir, 12, "lam_train.ckpt_every=3")
+
+
+@pytest.fixture(scope="module")
+def two_rank_flam(cache, tmp_path_factory):
+    """``flam_12`` on 2 ranks (torchrun, gloo), uninterrupted: one launch for the equality and kill tests."""
+    run = tmp_path_factory.mktemp("two-rank-flam") / "run"
+    subprocess.run(
+        torchrun(flam_12(cache, run), extra=["--standalone"]),
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        env=ENV,
+    )
+    return run
+
+
 def test_single_process_trains_validates_and_writes_a_video(cache, tmp_path):
     cfg = load_config(REPO / "configs/demo.yaml", overrides(cache, tmp_path, 4, "lam_train.val_every=4"))
     train_lam.main(cfg)
@@ -71,6 +90,8 @@ def test_single_process_trains_validates_and_writes_a_video(cache, tmp_path):
     assert [p.name for p in (tmp_path / "videos").iterdir()] == ["step-0000004.gif"]
     state = load_checkpoint(tmp_path / "ckpt" / "latest")
     assert state["kind"] == "lam" and state["data"]["global_samples"] == 16
+    lam = state["config"]["lam"]  # N and F came from the token cache and are saved with the model
+    assert (lam["num_tokens"], lam["feature_dim"]) == (8 * 8, 5)
 
 
 BASELINES = ["genie", "adaworld", "world_model", "playslot", "slotformer", "flam_no_temporal", "flam_global"]
@@ -105,19 +126,18 @@ def test_world_model_is_refused_on_a_dataset_without_actions(cache, tmp_path):
 # stage switch, DDP with unused parameters).
 @pytest.mark.torchrun
 @pytest.mark.parametrize("model", ["flam", "genie", "playslot"])
-def test_two_ranks_equal_one_process_with_the_same_global_batch(cache, tmp_path, model):
-    extra = (f"model={model}", "lam.slot_pretrain_steps=2", "lam.vq_restart_every=2")
-    cfg = load_config(REPO / "configs/demo.yaml", overrides(cache, tmp_path / "one", 3, *extra))
-    train_lam.main(cfg)
-    subprocess.run(
-        torchrun(overrides(cache, tmp_path / "two", 3, *extra), extra=["--standalone"]),
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        env=ENV,
-    )
-    (s1, w1), (s2, w2) = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
-    assert s1 == s2 == 3
+def test_two_ranks_equal_one_process_with_the_same_global_batch(cache, tmp_path, model, request):
+    if model == "flam":  # the 2-rank run the kill test compares with, 12 steps
+        args, two = (lambda run: flam_12(cache, run)), request.getfixturevalue("two_rank_flam")
+    else:
+        extra = (f"model={model}", "lam.slot_pretrain_steps=2", "lam.vq_restart_every=2")
+        args, two = (lambda run: overrides(cache, run, 3, *extra)), tmp_path / "two"
+        subprocess.run(
+            torchrun(args(two), extra=["--standalone"]), cwd=REPO, check=True, capture_output=True, env=ENV
+        )
+    train_lam.main(load_config(REPO / "configs/demo.yaml", args(tmp_path / "one")))
+    (s1, w1), (s2, w2) = final_weights(tmp_path / "one"), final_weights(two)
+    assert s1 == s2 == (12 if model == "flam" else 3)
     for name, tensor in w1.items():
         torch.testing.assert_close(w2[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
 
@@ -153,18 +173,10 @@ def test_two_nodes_on_loopback_complete(cache, tmp_path):
 
 
 @pytest.mark.torchrun
-def test_kill_and_resume_equals_uninterrupted(cache, tmp_path):
-    args = lambda run: overrides(cache, run, 12, "lam_train.ckpt_every=3")  # noqa: E731
-    subprocess.run(
-        torchrun(args(tmp_path / "clean"), extra=["--standalone"]),
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        env=ENV,
-    )
+def test_kill_and_resume_equals_uninterrupted(cache, tmp_path, two_rank_flam):
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
-        torchrun(args(killed), extra=["--standalone"]),
+        torchrun(flam_12(cache, killed), extra=["--standalone"]),
         cwd=REPO,
         env=ENV,
         stdout=subprocess.DEVNULL,
@@ -178,8 +190,8 @@ def test_kill_and_resume_equals_uninterrupted(cache, tmp_path):
     kill_run(proc)
     assert load_checkpoint(killed / "ckpt" / "latest")["step"] < 12
     # resume on ONE rank: the global batches do not depend on the world size
-    train_lam.main(load_config(REPO / "configs/demo.yaml", args(killed)))
-    (s1, w1), (s2, w2) = final_weights(tmp_path / "clean"), final_weights(killed)
+    train_lam.main(load_config(REPO / "configs/demo.yaml", flam_12(cache, killed)))
+    (s1, w1), (s2, w2) = final_weights(two_rank_flam), final_weights(killed)
     assert s1 == s2 == 12
     for name, tensor in w1.items():
         torch.testing.assert_close(w2[name], tensor, rtol=1e-4, atol=1e-5, msg=name)

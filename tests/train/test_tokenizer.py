@@ -71,6 +71,9 @@ def test_torchrun_kill_and_resume_matches_uninterrupted_run(shards, tmp_path, py
             "tokenizer_train.steps=12",
             "tokenizer_train.ckpt_every=3",
             f"tokenizer_train.run_dir={run_dir}",
+            # in-process reading: each rank's stream position is still saved and restored (the worker
+            # slots of that state are tested in tests/shards/test_loader.py), without 2 more processes
+            "data.num_workers=0",
         ]
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
