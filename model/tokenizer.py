@@ -69,8 +69,12 @@ class TokenizerConfig:
             )
         if not self.channels or any(c < 1 for c in self.channels):
             raise ValueError(f"tokenizer channels must be non-empty positive integers, got {self.channels}")
-        if (self.arch == "patch") != (self.patch_size > 0):
-            raise ValueError(f"patch_size > 0 is for arch 'patch' only, got arch {self.arch!r}, {self.patch_size}")
+        if self.arch == "patch" and self.patch_size < 1:
+            raise ValueError(
+                f"arch 'patch' needs patch_size >= 1 (pixels per token side), got {self.patch_size}"
+            )
+        if self.arch != "patch" and self.patch_size:
+            raise ValueError(f"patch_size is for arch 'patch' only, got arch {self.arch!r}")
         if self.image_size < 1 or self.image_size % self.downsample:
             raise ValueError(
                 f"image_size {self.image_size} is not divisible by the total downsampling "
@@ -86,7 +90,9 @@ class TokenizerConfig:
                 f"in channels {self.channels}"
             )
         if self.upsample not in UPSAMPLERS:
-            raise ValueError(f"tokenizer upsample {self.upsample!r} unknown; choose one of {sorted(UPSAMPLERS)}")
+            raise ValueError(
+                f"tokenizer upsample {self.upsample!r} unknown; choose one of {sorted(UPSAMPLERS)}"
+            )
         if self.recon_loss not in RECON_LOSSES:
             raise ValueError(f"recon_loss {self.recon_loss!r} unknown; choose one of {RECON_LOSSES}")
 
