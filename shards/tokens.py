@@ -6,6 +6,7 @@ Layout (``<out>/<dataset>/tokens/<tokenizer-id>/<split>/``):
     parts/<shard-stem>/clips.npy       int64  [C, 4]      (first frame row, num_frames, episode, clip)
     parts/<shard-stem>/actions.npy     int64  [F] or [F, A]    (only when the clips have actions)
     parts/<shard-stem>/positions.npy   int64  [F, A, 2]        (only when the clips have positions)
+    parts/<shard-stem>/rewards.npy     float32 [F], dones.npy bool [F]   (only when the clips have rewards)
     parts/<shard-stem>/keys.json       the C sample keys, in order
     index.json                          written last: parts in manifest order with counts, plus
                                         CacheInfo (tokenizer id, manifest hash, levels, grid, version)
@@ -86,6 +87,8 @@ def write_part(
     clip_ids: list[int],
     actions: list[np.ndarray] | None = None,
     positions: list[np.ndarray] | None = None,
+    rewards: list[np.ndarray] | None = None,
+    dones: list[np.ndarray] | None = None,
 ) -> None:
     """Write one shard's part atomically. ``codes[i]`` is clip i's uint16 [T_i, h, w]."""
     parts = split_dir / "parts"
@@ -106,6 +109,8 @@ def write_part(
         arrays["actions"] = _concat(actions, np.int64)
     if positions is not None:
         arrays["positions"] = _concat(positions, np.int64)
+    if rewards is not None and dones is not None:
+        arrays["rewards"], arrays["dones"] = _concat(rewards, np.float32), _concat(dones, bool)
     for name, array in arrays.items():
         with open(tmp / f"{name}.npy", "wb") as f:
             np.save(f, array, allow_pickle=False)
@@ -240,11 +245,19 @@ class TokenCache:
             "episode": int(row[2]),
             "clip": int(row[3]),
         }
-        for name in ("actions", "positions"):
+        for name in ("actions", "positions", "rewards", "dones"):
             array = self._array(part, name)
             if array is not None:
                 out[name] = array[lo:hi]
         return out
+
+    def require(self, name: str) -> None:
+        """Raise, saying why and how to fix it, when the cache has no ``name`` (e.g. "rewards")."""
+        if self.parts and self._array(0, name) is None:
+            raise ValueError(
+                f"the token cache {self.dir} holds no {name}: its clips have none (shards written before "
+                f"format version 2, or a source without {name}); re-ingest the dataset and rerun precompute"
+            )
 
 
 class TokenWindows(torch.utils.data.Dataset):
@@ -277,4 +290,7 @@ class TokenWindows(torch.utils.data.Dataset):
         for name in ("actions", "positions"):
             if name in data:
                 out[name] = torch.from_numpy(np.array(data[name], dtype=np.int64))
+        for name in ("rewards", "dones"):  # float32 / bool, as cached
+            if name in data:
+                out[name] = torch.from_numpy(np.array(data[name]))
         return out
