@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from model.flam import LAMConfig
+from model.policy import PolicyNetConfig
 from model.tokenizer import TokenizerConfig
 from shards.config import from_dict, merge, parse_overrides, to_dict
 
@@ -107,6 +108,57 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class ExpertConfig:
+    """``train/expert.py``: the RL expert on Procgen's batched env (paper appendix C.3). Defaults are the
+    PPG paper's / CleanRL ppg_procgen's: 64 envs x 256 steps, lr 5e-4, gamma 0.999, lambda 0.95, clip
+    0.2, entropy 0.01, N_pi 32, E_pi = E_V = 1, E_aux 6, beta_clone 1, easy mode, all levels."""
+
+    run_dir: str = ""  # "" -> runs/expert-<dataset>
+    algo: str = "ppg"  # "ppg" (dual networks + auxiliary phase) | "ppo" (shared trunk, ppo_epochs)
+    total_steps: int = 25_000_000  # env steps over all envs, rounded up to whole phases
+    num_envs: int = 64
+    num_steps: int = 256  # steps per env per rollout
+    distribution_mode: str = "easy"
+    start_level: int = 0
+    num_levels: int = 0  # 0 = every level (the paper's expert); demos and BC scoring use disjoint ranges
+    lr: float = 5e-4
+    gamma: float = 0.999
+    gae_lambda: float = 0.95
+    clip: float = 0.2
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    num_minibatches: int = 8  # per rollout (and the aux phase's minibatch size is the same)
+    n_pi: int = 32  # rollouts per phase: PPG's N_pi before each auxiliary phase; PPO: rollouts per phase
+    e_pi: int = 1  # PPG policy epochs per rollout
+    e_v: int = 1  # PPG value epochs per rollout
+    e_aux: int = 6  # PPG auxiliary epochs per phase
+    beta_clone: float = 1.0  # PPG: weight of KL(pi_old || pi) in the auxiliary phase
+    ppo_epochs: int = 3  # PPO: epochs per rollout
+    reward_norm: bool = True  # scale rewards by the running std of the discounted return, clip at 10
+    net: PolicyNetConfig = field(default_factory=PolicyNetConfig)
+    seed: int = 0
+    ckpt_every: int = 1  # phases between checkpoints (a checkpoint holds the whole state, envs included)
+    keep_last: int = 3
+
+    def __post_init__(self) -> None:
+        if self.algo not in ("ppg", "ppo"):
+            raise ValueError(f"expert.algo must be 'ppg' or 'ppo', got {self.algo!r}")
+        for name in ("total_steps", "num_envs", "num_steps", "num_minibatches", "n_pi", "ckpt_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"expert.{name} must be >= 1, got {getattr(self, name)}")
+        if (self.num_envs * self.num_steps) % self.num_minibatches:
+            raise ValueError(
+                f"expert.num_envs * expert.num_steps = {self.num_envs * self.num_steps} does not divide into "
+                f"{self.num_minibatches} minibatches (expert.num_minibatches)"
+            )
+
+    @property
+    def steps_per_phase(self) -> int:
+        return self.num_envs * self.num_steps * self.n_pi
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -119,6 +171,7 @@ class Config:
     lam: LAMConfig = field(default_factory=LAMConfig)
     lam_train: LAMTrainConfig = field(default_factory=LAMTrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    expert: ExpertConfig = field(default_factory=ExpertConfig)
 
     @property
     def dataset_dir(self) -> Path:
@@ -140,6 +193,10 @@ class Config:
     @property
     def lam_run_dir(self) -> Path:
         return Path(self.lam_train.run_dir or f"runs/{self.model}-{self.data.dataset}")
+
+    @property
+    def expert_run_dir(self) -> Path:
+        return Path(self.expert.run_dir or f"runs/expert-{self.data.dataset}")
 
 
 def load_config(path: str | Path | None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
