@@ -9,8 +9,9 @@ Alignment (the ``Episode`` convention): ``frames[t]`` is the state at step t and
 action applied to it, producing ``frames[t + 1]``; ``rewards[t]`` is what that action earned and
 ``dones[t]`` whether the episode ended with it; ``obs[t]`` is the 64x64 view the policy acted on.
 gym3 resets automatically, so the terminal state is never observed: after the last action the next
-observation (``first=True``) is the first frame of the next episode and is dropped. ``actions[T - 1]`` is therefore the action that ended the episode
-(or, when truncated, the one applied to the last kept frame).
+observation (``first=True``) is the first frame of the next episode and is dropped. ``actions[T - 1]``
+is therefore the action that ended the episode (or, when truncated, the one applied to the last kept
+frame).
 
 ``procgen`` is imported lazily: importing it pulls in gym3 and the old ``gym`` (with a deprecation
 banner on stderr) and its first environment in a process loads the assets (1.5-3 s, once).

@@ -14,10 +14,12 @@ from typing import Any
 
 import yaml
 
+from model.action_decoder import ActionDecoderConfig
 from model.flam import LAMConfig
 from model.policy import PolicyNetConfig
 from model.tokenizer import TokenizerConfig
 from shards.config import from_dict, merge, parse_overrides, to_dict
+from train.supervised import FitConfig
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,49 @@ class ExpertConfig:
 
 
 @dataclass(frozen=True)
+class PolicyConfig:
+    """``train/policy.py`` (make policy): policy learning from latent actions, the paper's section 5.3 and
+    Table 4. Level ranges are (start, count) of Procgen levels; demos and scoring must not share one."""
+
+    run_dir: str = ""  # "" -> runs/policy-<dataset>
+    expert: str = ""  # the demonstrator's checkpoint; "" -> train (or resume) expert.* in the expert run dir
+    demo_episodes: int = 2000  # ~1M frames at ~500 frames an episode (the paper's demo set size)
+    demo_max_episode_len: int = 500
+    demo_resolution: int = 224  # frames the world models see (the policy's 64x64 view is recorded beside)
+    demo_levels: tuple[int, ...] = (0, 100_000)
+    eval_levels: tuple[int, ...] = (1_000_000, 100_000)  # unseen by the demos (and so by BC)
+    world_models: tuple[str, ...] = ("flam", "genie", "adaworld")  # latent action models of model/zoo.py
+    label_budgets: tuple[int, ...] = (1000, 10000)  # labelled demo frames (paper: 1k and 10k)
+    label_seed: int = 0
+    decoder: ActionDecoderConfig = field(default_factory=ActionDecoderConfig)
+    decoder_fit: FitConfig = field(default_factory=lambda: FitConfig(steps=3000, batch_size=256, lr=1e-3))
+    idm_fit: FitConfig = field(default_factory=lambda: FitConfig(steps=5000, batch_size=128, lr=5e-4))
+    bc_fit: FitConfig = field(default_factory=lambda: FitConfig(steps=20000, batch_size=256, lr=5e-4))
+    net: PolicyNetConfig = field(default_factory=PolicyNetConfig)  # the BC policy (and the IDM's trunk)
+    seeds: int = 3  # BC training seeds per row, each scored on its own env seed
+    eval_envs: int = 64
+    eval_episodes: int = 64  # per seed: the first episode(s) of every env, so short ones are not favoured
+    eval_max_steps: int = 1000  # an episode still running after this many steps counts with its return so far
+    video_steps: int = 400  # frames of the BC policy's video
+
+    def __post_init__(self) -> None:
+        for name in ("demo_levels", "eval_levels"):
+            value = getattr(self, name)
+            if len(value) != 2 or value[1] < 1 or value[0] < 0:
+                raise ValueError(f"policy.{name} must be [start, count] with count >= 1, got {list(value)}")
+        (a, n), (b, m) = self.demo_levels, self.eval_levels
+        if a < b + m and b < a + n:
+            raise ValueError(
+                f"policy.demo_levels {list(self.demo_levels)} overlap policy.eval_levels "
+                f"{list(self.eval_levels)}: BC must be scored on levels no demo shows"
+            )
+        if not self.label_budgets or min(self.label_budgets) < 1:
+            raise ValueError(f"policy.label_budgets must be positive frame counts, got {self.label_budgets}")
+        if self.seeds < 1 or self.eval_envs < 1 or self.eval_episodes < 1:
+            raise ValueError("policy.seeds, policy.eval_envs and policy.eval_episodes must be >= 1")
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -172,6 +217,7 @@ class Config:
     lam_train: LAMTrainConfig = field(default_factory=LAMTrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     expert: ExpertConfig = field(default_factory=ExpertConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
 
     @property
     def dataset_dir(self) -> Path:

@@ -77,10 +77,11 @@ class RewardNormalizer:
         return np.clip(scaled, -self.clip, self.clip).astype(np.float32)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"returns": self.returns.copy(), "stats": self.stats.state_dict()}
+        # tensors and floats only: checkpoints load with torch.load(weights_only=True)
+        return {"returns": torch.from_numpy(self.returns.copy()), "stats": self.stats.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.returns = np.asarray(state["returns"], np.float64).copy()
+        self.returns = np.array(state["returns"], np.float64)
         self.stats.load_state_dict(state["stats"])
 
 
@@ -109,15 +110,15 @@ class EpisodeStats:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "returns": self.returns.copy(),
-            "lengths": self.lengths.copy(),
+            "returns": torch.from_numpy(self.returns.copy()),
+            "lengths": torch.from_numpy(self.lengths.copy()),
             "done_returns": list(self.done_returns),
             "done_lengths": list(self.done_lengths),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.returns = np.asarray(state["returns"], np.float64).copy()
-        self.lengths = np.asarray(state["lengths"], np.int64).copy()
+        self.returns = np.array(state["returns"], np.float64)
+        self.lengths = np.array(state["lengths"], np.int64)
         self.done_returns, self.done_lengths = list(state["done_returns"]), list(state["done_lengths"])
 
 
