@@ -6,7 +6,6 @@ shards still read."""
 from __future__ import annotations
 
 import json
-import tarfile
 from dataclasses import replace
 
 import numpy as np
@@ -28,7 +27,7 @@ from train.common import Checkpoints
 from train.config import load_config
 from train.policy_io import policy_header
 
-from .helpers import save_tokenizer
+from .helpers import save_tokenizer, shard_members
 
 GAME = "starpilot"
 
@@ -120,12 +119,13 @@ def test_rewards_dones_and_views_survive_ingest_bit_for_bit(demos):
     manifest = load_manifest(ds)
     seen = 0
     for shard in manifest["shards"]:
-        with tarfile.open(ds / shard["path"]) as tar:
-            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-        for name, data in members.items():
-            if not name.endswith(".json"):
-                continue
-            key, meta = name[:-5], json.loads(data)
+        members = shard_members(ds / shard["path"])
+        metas = {
+            name[: -len(".json")]: json.loads(data)
+            for name, data in members.items()
+            if name.endswith(".json")
+        }
+        for key, meta in metas.items():
             assert meta["has_rewards"] and meta["has_obs"] and meta["format_version"] == 2
             ep = P.render_episode(cfg.source, _episode_seed(cfg, meta["episode"]))
             lo, hi = meta["start_frame"], meta["start_frame"] + meta["num_frames"]
