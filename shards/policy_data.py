@@ -19,10 +19,12 @@ are never used silently.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -65,25 +67,38 @@ def _cache_identity(cache: TokenCache) -> dict[str, Any]:
     }
 
 
-def _write_dir(final: Path, arrays: dict[str, np.ndarray], info: dict[str, Any]) -> None:
-    """Arrays, then info.json (its presence marks the folder complete), in a temporary folder renamed
-    into place: a killed writer leaves no folder that looks complete."""
+@contextlib.contextmanager
+def _staged(final: Path) -> Iterator[Path]:
+    """A temporary folder the caller fills, renamed to ``final`` on success (removed on failure): a
+    killed writer leaves nothing that looks complete. Write info.json last (``_finish``)."""
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.*.tmp"):  # left by a killed writer
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
     tmp.mkdir()
-    for name, array in arrays.items():
-        with open(tmp / f"{name}.npy", "wb") as f:
-            np.save(f, array, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-    with open(tmp / INFO_NAME, "w") as f:
-        json.dump(info, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     fsync_dir(final.parent)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _finish(folder: Path, arrays: dict[str, np.ndarray], info: dict[str, Any]) -> None:
+    """Save ``arrays`` as .npy, then info.json, every file fsynced."""
+    for name, array in arrays.items():
+        np.save(folder / f"{name}.npy", array, allow_pickle=False)
+        _fsync(folder / f"{name}.npy")
+    (folder / INFO_NAME).write_text(json.dumps(info, indent=1, sort_keys=True))
+    _fsync(folder / INFO_NAME)
 
 
 # ----------------------------------------------------------------------------- observations
@@ -97,37 +112,40 @@ def build_policy_obs(cache: TokenCache, dataset_dir: str | Path, progress: bool 
         return out
     starts, lengths = frame_starts(cache), cache.clip_lengths()
     row_of = {key: (int(s), int(n)) for key, s, n in zip(cache.keys(), starts, lengths, strict=True)}
-    obs: np.ndarray | None = None
     found = 0
     shards = list_shards(dataset_dir, cache.info.split)
     bar = tqdm(total=len(row_of), desc=f"policy views {cache.info.split}", unit="clip", disable=not progress)
-    for raw in read_samples(shards):
-        if raw.key not in row_of:
-            continue  # a sample precompute skipped (corrupt): it has no cache row either
-        meta = json.loads(raw.members[META_KEY])
-        member = obs_key(meta["video_ext"])
-        if not meta.get("has_obs") or member not in raw.members:
+    with _staged(out) as tmp:
+        obs: np.ndarray | None = None  # written straight to disk: 12 GB for 1M frames
+        for raw in read_samples(shards):
+            if raw.key not in row_of:
+                continue  # a sample precompute skipped (corrupt): it has no cache row either
+            meta = json.loads(raw.members[META_KEY])
+            member = obs_key(meta["video_ext"])
+            if not meta.get("has_obs") or member not in raw.members:
+                raise ValueError(
+                    f"{raw.shard}: clip {raw.key} holds no policy observations ({member}): behaviour "
+                    "cloning needs Procgen shards of format version 2; re-ingest the dataset"
+                )
+            views = decode_video(raw.members[member])
+            start, n = row_of[raw.key]
+            if views.shape[0] != n:
+                raise ValueError(f"{raw.shard}: clip {raw.key} has {views.shape[0]} views for {n} frames")
+            if obs is None:
+                shape = (int(lengths.sum()), *views.shape[1:])
+                obs = np.lib.format.open_memmap(tmp / "obs.npy", mode="w+", dtype=np.uint8, shape=shape)
+            obs[start : start + n] = views
+            found += 1
+            bar.update(1)
+        bar.close()
+        if found != len(row_of) or obs is None:
             raise ValueError(
-                f"{raw.shard}: clip {raw.key} holds no policy observations ({member}): behaviour cloning "
-                "needs Procgen shards of format version 2; re-ingest the dataset"
+                f"the shards of {dataset_dir} hold {found} of the {len(row_of)} clips of the token cache "
+                f"{cache.dir}: the cache was made from other shards; rerun precompute"
             )
-        views = decode_video(raw.members[member])
-        start, n = row_of[raw.key]
-        if views.shape[0] != n:
-            raise ValueError(f"{raw.shard}: clip {raw.key} has {views.shape[0]} views for {n} frames")
-        if obs is None:
-            obs = np.zeros((int(lengths.sum()), *views.shape[1:]), np.uint8)
-        obs[start : start + n] = views
-        found += 1
-        bar.update(1)
-    bar.close()
-    if found != len(row_of) or obs is None:
-        raise ValueError(
-            f"the shards of {dataset_dir} hold {found} of the {len(row_of)} clips of the token cache "
-            f"{cache.dir}: the cache was made from other shards; rerun precompute"
-        )
-    info = {"rows": len(obs), **_cache_identity(cache), "format_version": POLICY_DATA_VERSION}
-    _write_dir(out, {"obs": obs}, info)
+        obs.flush()
+        _fsync(tmp / "obs.npy")
+        _finish(tmp, {}, {"rows": len(obs), **_cache_identity(cache), "format_version": POLICY_DATA_VERSION})
     return out
 
 
@@ -177,7 +195,8 @@ def write_labels(cache: TokenCache, labels: np.ndarray, info: LabelInfo) -> Path
     if info.cache != _cache_identity(cache):
         raise ValueError("LabelInfo.cache must describe the cache the labels are for (use label_info)")
     out = labels_dir(cache, info.labeller_id, info.name)
-    _write_dir(out, {"labels": labels.astype(np.int64)}, asdict(info))
+    with _staged(out) as tmp:
+        _finish(tmp, {"labels": labels.astype(np.int64)}, asdict(info))
     return out
 
 

@@ -20,6 +20,7 @@ from model.tokenizer import TokenizerConfig
 from shards.format import ClipMeta, npy_load
 from shards.loader import ClipDataset, RawSample, decode_sample
 from shards.manifest import load_manifest
+from shards.policy_data import build_policy_obs, frame_starts, load_policy_obs
 from shards.tokens import TokenCache, cache_dir
 from shards.video import decode_video
 from train import precompute
@@ -166,6 +167,20 @@ def test_rewards_reach_the_loader_and_the_token_cache(demos, tmp_path):
         assert np.array_equal(clip["rewards"], from_loader[key]["rewards"].numpy())
         assert np.array_equal(clip["dones"], from_loader[key]["dones"].numpy())
     assert cache_dir(root, "starpilot_demos", out.name, "train") == out / "train"
+    # the policy's views, decoded beside the cache, row for row in cache order
+    build_policy_obs(cache, ds, progress=False)
+    views, rows = load_policy_obs(cache), frame_starts(cache)
+    for i, key in enumerate(cache.keys()):
+        n = len(cache.clip(i)["codes"])
+        assert np.array_equal(views[rows[i] : rows[i] + n], from_loader_views(ds, key))
+
+
+def from_loader_views(ds, key: str) -> np.ndarray:
+    for shard in load_manifest(ds)["shards"]:
+        members = shard_members(ds / shard["path"])
+        if f"{key}.obs.mp4" in members:
+            return decode_video(members[f"{key}.obs.mp4"])
+    raise KeyError(key)
 
 
 def test_a_cache_without_rewards_says_how_to_get_them(tmp_path):
