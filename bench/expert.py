@@ -80,7 +80,7 @@ def main() -> None:
     p.add_argument("--num-steps", type=int, default=64)
     p.add_argument("--rollouts", type=int, default=2, help="rollouts per phase (N_pi) in the measured phase")
     p.add_argument("--algo", default="ppg", choices=("ppg", "ppo"))
-    p.add_argument("--repeats", type=int, default=1, help="interleaved repeats (one expert phase is minutes on CPU)")
+    p.add_argument("--repeats", type=int, default=1, help="interleaved repeats")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
     args = p.parse_args()

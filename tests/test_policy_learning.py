@@ -147,7 +147,7 @@ def test_bc_learns_a_synthetic_mapping_and_saves_a_playable_policy(tmp_path, see
     obs, actions = quadrant_views(512, seed=0)
     net = PolicyNetConfig(channels=(4, 8), hidden=32, num_res_blocks=1)
     env = {"game": "starpilot", "distribution_mode": "easy", "use_backgrounds": False}
-    fit = FitConfig(steps=150, batch_size=64, lr=2e-3)
+    fit = FitConfig(steps=100, batch_size=32, lr=3e-3)
     rows = np.arange(512)
     ckpt = train_bc(
         obs, rows, actions, net, 15, fit, 0, tmp_path / "bc", env, {"method": "t"}, torch.device("cpu")
