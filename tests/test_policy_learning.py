@@ -22,7 +22,14 @@ from train.common import Checkpoints
 from train.lam import to_features
 from train.policy_eval import EnvSpec, play, random_policy, summarise
 from train.policy_io import load_policy
-from train.pseudo_labels import infer_latents, label_with_world_model, labelled_rows, window_starts
+from train.pseudo_labels import (
+    infer_latents,
+    label_name,
+    label_with_world_model,
+    labelled_rows,
+    settings_tag,
+    window_starts,
+)
 from train.supervised import FitConfig
 from train.table4 import budget_label, table4, write_report
 
@@ -213,3 +220,10 @@ def test_table4_writer_on_two_tiny_runs(tmp_path):
     assert budget_label(200) == "200" and budget_label(1500) == "1.5k"
     tie = {"d": {"budgets": {"5": {"flam": tiny_run(0)["random"], "idm": tiny_run(0)["random"]}}}}
     assert "**" not in table4(tie)
+
+
+def test_other_labeller_settings_give_other_label_names():
+    a = settings_tag(ActionDecoderConfig(), FitConfig(steps=300))
+    assert a == settings_tag(ActionDecoderConfig(), FitConfig(steps=300))
+    assert a != settings_tag(ActionDecoderConfig(), FitConfig(steps=301))
+    assert label_name(1000, 0, a) == f"budget1000-seed0-{a}" != label_name(1000, 0)

@@ -57,7 +57,13 @@ from train.common import load_checkpoint
 from train.config import Config, load_config
 from train.policy_eval import EnvSpec, film, network_policy, play, random_policy, summarise
 from train.policy_io import load_policy
-from train.pseudo_labels import label_with_idm, label_with_world_model, labelled_rows
+from train.pseudo_labels import (
+    label_name,
+    label_with_idm,
+    label_with_world_model,
+    labelled_rows,
+    settings_tag,
+)
 from train.table4 import budget_label, write_report
 
 # CPU-sized: every stage shrunk, the code path unchanged. On top of compare.BRIEF's world-model sizes.
@@ -180,16 +186,26 @@ def pseudo_labels(
     """Every labeller's labels of the train frames per budget, made now or found (and checked) on disk."""
     pc, out = cfg.policy, {}
     num_actions = 15  # every Procgen game has the same 15 key combos
+    decoder_tag, idm_tag = settings_tag(pc.decoder, pc.decoder_fit), settings_tag(pc.net, pc.idm_fit)
     for model, ckpt in world_models.items():
         wm_id = file_id(ckpt)
-        names = {b: f"budget{b}-seed{pc.label_seed}" for b in pc.label_budgets}
+        names = {b: label_name(b, pc.label_seed, decoder_tag) for b in pc.label_budgets}
         todo = tuple(
             b for b in pc.label_budgets if not (labels_dir(train, wm_id, names[b]) / "info.json").exists()
         )
         if todo:
             print(f"== pseudo-labels {model}: budgets {list(todo)}", flush=True)
             for labels, info in label_with_world_model(
-                ckpt, train, val, todo, pc.label_seed, num_actions, pc.decoder, pc.decoder_fit, device
+                ckpt,
+                train,
+                val,
+                todo,
+                pc.label_seed,
+                num_actions,
+                pc.decoder,
+                pc.decoder_fit,
+                device,
+                decoder_tag,
             ):
                 write_labels(train, labels, info)
         for b in pc.label_budgets:
@@ -198,13 +214,24 @@ def pseudo_labels(
             out[(model, b)] = found
     obs, val_obs = load_policy_obs(train), load_policy_obs(val)
     for b in pc.label_budgets:
-        idm_dir = root / "idm" / f"budget{budget_label(b)}"
+        idm_dir = root / "idm" / f"budget{budget_label(b)}-{idm_tag}"
         latest = idm_dir / "ckpt" / "latest"
-        name = f"budget{b}-seed{pc.label_seed}"
+        name = label_name(b, pc.label_seed, idm_tag)
         if not (latest.exists() and (labels_dir(train, file_id(latest), name) / "info.json").exists()):
             print(f"== supervised IDM, budget {b}", flush=True)
             labels, info = label_with_idm(
-                obs, train, val_obs, val, b, pc.label_seed, num_actions, pc.net, pc.idm_fit, idm_dir, device
+                obs,
+                train,
+                val_obs,
+                val,
+                b,
+                pc.label_seed,
+                num_actions,
+                pc.net,
+                pc.idm_fit,
+                idm_dir,
+                device,
+                idm_tag,
             )
             write_labels(train, labels, info)
         found = PseudoLabels(labels_dir(train, file_id(latest), name))

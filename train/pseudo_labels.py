@@ -17,6 +17,8 @@ subset is a seeded prefix of whole clips in a seeded order, so the 1k-frame subs
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,17 @@ def labelled_rows(cache: TokenCache, budget: int, seed: int) -> np.ndarray:
         if not left:
             break
     return np.sort(np.concatenate(rows))
+
+
+def settings_tag(*settings: Any) -> str:
+    """Short hash of a labeller's settings (dataclasses): labels made with other settings get another
+    name, so a changed decoder or IDM config relabels instead of reusing what is on disk."""
+    text = json.dumps([to_dict(s) for s in settings], sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def label_name(budget: int, seed: int, tag: str = "") -> str:
+    return f"budget{budget}-seed{seed}" + (f"-{tag}" if tag else "")
 
 
 def next_frame_mask(cache: TokenCache) -> np.ndarray:
@@ -151,9 +164,11 @@ def label_with_world_model(
     decoder_cfg: ActionDecoderConfig,
     fit: FitConfig,
     device: torch.device,
+    tag: str = "",
 ) -> list[tuple[np.ndarray, LabelInfo]]:
     """For each budget: an action decoder on the labelled subset's latents, its accuracy on val, and
-    pseudo-labels int64 [F] of every train frame row. Latents are inferred once per split."""
+    pseudo-labels int64 [F] of every train frame row. Latents are inferred once per split. ``tag`` ends
+    the labels' name (``settings_tag`` of the decoder settings: other settings, other labels)."""
     model, state = load_world_model(wm_path, device)
     window = int(state["config"]["lam_train"]["window"])
     wm_id, name = file_id(wm_path), state["config"]["model"]
@@ -185,7 +200,7 @@ def label_with_world_model(
             labeller="world_model",
             labeller_id=wm_id,
             labeller_path=str(Path(wm_path).resolve()),
-            name=f"budget{budget}-seed{seed}",
+            name=label_name(budget, seed, tag),
             label_budget=budget,
             seed=seed,
             accuracy=accuracy(val_probs, val_actions[val_rows]),
@@ -219,6 +234,7 @@ def label_with_idm(
     fit: FitConfig,
     run_dir: Path,
     device: torch.device,
+    tag: str = "",
 ) -> tuple[np.ndarray, LabelInfo]:
     """An inverse dynamics model (views f and f + 1 stacked on channels -> actions[f]) trained on the
     labelled subset, saved to ``run_dir``; its accuracy on val and its labels of every train frame row."""
@@ -245,7 +261,7 @@ def label_with_idm(
         labeller="idm",
         labeller_id=file_id(path),
         labeller_path=str(path.resolve()),
-        name=f"budget{budget}-seed{seed}",
+        name=label_name(budget, seed, tag),
         label_budget=budget,
         seed=seed,
         accuracy=accuracy(val_probs, val_actions[val_next]),
