@@ -30,7 +30,14 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from model.blocks import AdaptiveGroupNorm, DepthToSpaceUpsample, ImpalaResBlock, NearestUpsample, ResBlock
+from model.blocks import (
+    AdaptiveGroupNorm,
+    DepthToSpaceUpsample,
+    ImpalaResBlock,
+    NearestUpsample,
+    ResBlock,
+    impala_stages,
+)
 from model.fsq import FSQ
 
 RECON_LOSSES = ("mse", "l1", "l1+mse")
@@ -143,13 +150,8 @@ def to_uint8(frames: Tensor) -> Tensor:
 class ImpalaEncoder(nn.Module):
     def __init__(self, cfg: TokenizerConfig) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        c_in = 3
-        for c in cfg.channels:
-            layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.MaxPool2d(3, stride=2, padding=1)]
-            layers += [ImpalaResBlock(c) for _ in range(cfg.num_res_blocks)]
-            c_in = c
-        layers += [nn.ReLU(), nn.Conv2d(c_in, cfg.latent_dim, 1)]
+        layers = impala_stages(3, tuple(cfg.channels), cfg.num_res_blocks)
+        layers += [nn.ReLU(), nn.Conv2d(cfg.channels[-1], cfg.latent_dim, 1)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
