@@ -23,7 +23,7 @@ TOKENIZER   ?=
 LAUNCH       = $(if $(filter 1,$(NPROC)),$(PY),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC))
 
 .DEFAULT_GOAL := help
-.PHONY: help demo setup test test-all lint format ingest tokenizer precompute train evaluate compare bench-ingest bench-loader clean-data
+.PHONY: help demo setup test test-all lint format ingest tokenizer precompute train evaluate compare expert policy bench-ingest bench-loader bench-expert clean-data
 MODEL       ?= flam
 BRIEF       ?= 1
 RUNS        ?=
@@ -79,6 +79,16 @@ evaluate: $(STAMP)  ## score trained runs against ground truth: Table 1, DCI, vi
 
 compare: $(STAMP)  ## train all six models on DATASET, then Table 1 (BRIEF=1: CPU minutes; BRIEF=0: full preset, NPROC GPUs)
 	$(PY) -m train.compare --config $(CONFIG) $(if $(filter 1,$(BRIEF)),--brief) --nproc $(NPROC) $(ARGS)
+
+expert: $(STAMP)  ## train the RL expert (PPG) on a Procgen DATASET -> runs/expert-<game>/ (resumable; ARGS=)
+	$(PY) -m train.expert --config $(CONFIG) $(ARGS)
+
+policy: BRIEF = 0
+policy: $(STAMP)  ## expert, demos, world models, pseudo-labels, BC -> Table 4 (full size; BRIEF=1: CPU minutes)
+	$(PY) -m train.policy --config $(CONFIG) $(if $(filter 1,$(BRIEF)),--brief) --nproc $(NPROC) $(ARGS)
+
+bench-expert: $(STAMP)  ## expert env-steps/s vs the bare batched Procgen env stepping random actions
+	$(PY) -m bench.expert
 
 bench-loader: $(STAMP)  ## loader clips/s vs a bare decord loop over the same shards
 	$(PY) -m bench.loader

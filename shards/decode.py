@@ -16,7 +16,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from shards.format import ACTIONS_KEY, FORMAT_VERSION, META_KEY, POSITIONS_KEY, ClipMeta, npy_load
+from shards.format import (
+    ACTIONS_KEY,
+    DONES_KEY,
+    META_KEY,
+    POSITIONS_KEY,
+    READABLE_FORMAT_VERSIONS,
+    REWARDS_KEY,
+    ClipMeta,
+    npy_load,
+)
 from shards.stats import LoaderStats, tally
 from shards.tar import RawSample
 from shards.video import VideoShapeError, check_frames, decode_video, decord_frames
@@ -87,11 +96,11 @@ def decode_sample(
         raise SampleError("meta", f"unreadable meta: {type(err).__name__}: {err}") from err
     if not isinstance(meta_dict, dict):
         raise SampleError("meta", "meta is not a JSON object")
-    if meta_dict.get("format_version") != FORMAT_VERSION:
+    if meta_dict.get("format_version") not in READABLE_FORMAT_VERSIONS:
         # Not a corrupt sample but a dataset this code cannot read: stop rather than skip everything.
         raise ValueError(
             f"{raw.shard}: sample {raw.key} has format_version {meta_dict.get('format_version')}, this "
-            f"code reads {FORMAT_VERSION}: re-ingest the dataset"
+            f"code reads {list(READABLE_FORMAT_VERSIONS)}: re-ingest the dataset"
         )
     try:
         meta = ClipMeta.checked(meta_dict)
@@ -116,6 +125,8 @@ def decode_sample(
     for name, member, wanted in (
         ("actions", ACTIONS_KEY, meta.has_actions),
         ("positions", POSITIONS_KEY, meta.has_positions),
+        ("rewards", REWARDS_KEY, meta.has_rewards),
+        ("dones", DONES_KEY, meta.has_rewards),
     ):
         if not wanted:
             continue

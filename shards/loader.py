@@ -62,8 +62,9 @@ workers (per rank: all-reduce them for a global figure). Configuration errors (f
 longer than the clip) raise.
 
 **Samples.** ``frames`` uint8 [T, H, W, C] (layout "THWC", the default) or [T, C, H, W] ("TCHW", what
-conv nets take), C = 3 RGB; ``actions`` int64 [T] (Procgen) or [T, A] (MultiGrid) and ``positions``
-int64 [T, A, 2], sliced to the same window as the frames and absent where the source has none; ``key``;
+conv nets take), C = 3 RGB; ``actions`` int64 [T] (Procgen) or [T, A] (MultiGrid), ``positions``
+int64 [T, A, 2], ``rewards`` float32 [T] and ``dones`` bool [T], sliced to the same window as the frames
+and absent where the source has none; ``key``;
 ``shard`` (path of the tar it came from); ``meta`` (the clip's JSON as a dict); ``start`` (first frame of
 the window within the clip); ``cursor``.
 """
@@ -516,7 +517,7 @@ def collate_clips(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "meta": [s["meta"] for s in samples],
         "cursor": [s["cursor"] for s in samples],
     }
-    for name in ("actions", "positions"):
+    for name in ("actions", "positions", "rewards", "dones"):
         present = sum(name in s for s in samples)
         if present == len(samples):
             batch[name] = default_collate([s[name] for s in samples])

@@ -77,6 +77,14 @@ def save_tokenizer(run_dir: Path, cfg: TokenizerConfig = TINY_TOKENIZER, seed: i
     return ckpts.latest
 
 
+def shard_members(path: Path) -> dict[str, bytes]:
+    """Every member of a shard tar by file name (plain tarfile: no project code in the way)."""
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+
 def _children() -> dict[int, list[int]]:
     """Parent pid -> child pids of every process, from /proc."""
     children: dict[int, list[int]] = {}

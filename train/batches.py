@@ -44,6 +44,9 @@ class TokenWindows(torch.utils.data.Dataset):
         for name in ("actions", "positions"):
             if name in data:
                 out[name] = torch.from_numpy(np.array(data[name], dtype=np.int64))
+        for name in ("rewards", "dones"):  # float32 / bool, as cached
+            if name in data:
+                out[name] = torch.from_numpy(np.array(data[name]))
         return out
 
 

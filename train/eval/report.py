@@ -93,6 +93,23 @@ def table2_dci(dci: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def assignment_table(assignment: dict[str, dict]) -> str:
+    """Markdown: per slot model, how consistently a slot holds each agent (train/eval/assignment.py)."""
+    lines = [
+        "| Slot-agent assignment | consistency (↑) | owners per frame | agents 0-1 share | other pairs |",
+        "|---|---|---|---|---|",
+    ]
+    for label in column_order(list(assignment)):
+        a = assignment[label]
+        m = len(a["consistency"])
+        others = [a["sharing"][i][j] for i in range(m) for j in range(i + 1, m) if (i, j) != (0, 1)]
+        lines.append(
+            f"| {label} | {sum(a['consistency']) / m:.2f} | {a['distinct']:.2f} of {m} | "
+            f"{a['sharing'][0][1]:.2f} | {max(others, default=0.0):.2f} (max) |"
+        )
+    return "\n".join(lines)
+
+
 SCORES_SCHEMA = 1  # scores.json layout version (docs/results.md, "scores.json"); bump on any change
 
 
@@ -160,8 +177,11 @@ def write_reports(results: dict[str, dict], out_dir: Path) -> None:
                 "",
                 f"Probe trained on {frames['num_train_frames']} frames, scored on "
                 f"{frames['num_val_frames']}; Random (Gaussian slots) is the probe's floor at this size "
-                "(it falls as frames grow).",
+                "(its penalty is chosen by held-out likelihood, so it stays near 0).",
                 "",
             ]
+            assignment = results[name].get("assignment", {})
+            if assignment:
+                text += [assignment_table(assignment), ""]
         (out_dir / "table2_dci.md").write_text("\n".join(text))
     print((out_dir / "table1.md").read_text())
