@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from model.base import TokenWorldModel
 from model.fsq import FSQ
 from model.zoo import build_model
 from shards.config import to_dict
@@ -101,6 +102,46 @@ def step_noise(cfg: Config, step: int, shape: tuple[int, ...], rank: int, world_
     full = torch.randn((cfg.lam_train.batch_size, *shape[1:]), generator=g)
     per_rank = cfg.lam_train.batch_size // world_size
     return full[rank * per_rank : (rank + 1) * per_rank]
+
+
+def train_step(
+    train_model: torch.nn.Module,
+    model: TokenWorldModel,
+    batch: dict[str, torch.Tensor],
+    step: int,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    grad_clip: float,
+    bf16: bool,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One optimiser step of global step ``step`` -> (detached metrics, grad norm). ``train_model`` is
+    ``model`` as ``wrap_for_training`` returned it (DDP and/or compiled): ``begin_step`` goes to the plain
+    model, outside the compiled region; bf16 autocast around the forward only (the FSQ/VQ parts keep fp32)."""
+    model.begin_step(step)
+    device_type = batch["features"].device.type
+    with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=bf16):
+        loss, metrics = train_model(batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return metrics, grad_norm
+
+
+def latent_inputs(
+    cfg: Config, model: TokenWorldModel, features: torch.Tensor, step: int, rank: int, world_size: int
+) -> dict[str, torch.Tensor]:
+    """The step's latent inputs: ``noise`` (models with a sampled latent) and ``kl_weight``, with the same
+    keys, shapes and dtypes at every step (scaled by ``latent_warmup``), so a compiled model never
+    recompiles when the warm-up ends."""
+    noise_scale, kl_weight = latent_warmup(step, cfg.lam_train.latent_warmup_steps)
+    out = {"kl_weight": torch.tensor(kl_weight, dtype=torch.float32, device=features.device)}
+    noise_shape = model.noise_shape(features)
+    if noise_shape is not None:
+        noise = step_noise(cfg, step, noise_shape, rank, world_size)
+        out["noise"] = (noise_scale * noise).to(features.device)
+    return out
 
 
 def latent_warmup(step: int, warmup: int) -> tuple[float, float]:
@@ -233,19 +274,10 @@ def train(cfg: Config) -> Path:
         items = [windows[int(i)] for i in batches.indices(step, rank, world)]
         batch = {k: v.to(device, non_blocking=True) for k, v in collate(items).items()}
         batch["features"] = to_features(batch.pop("codes"), fsq)  # [b, T, N, F]
-        noise_shape = model.noise_shape(batch["features"])
-        noise_scale, kl_weight = latent_warmup(step, lt.latent_warmup_steps)
-        if noise_shape is not None:
-            batch["noise"] = (noise_scale * step_noise(cfg, step, noise_shape, rank, world)).to(device)
-        if kl_weight < 1.0:
-            batch["kl_weight"] = torch.tensor(kl_weight, device=device)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss, metrics = train_model(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), lt.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        batch.update(latent_inputs(cfg, model, batch["features"], step, rank, world))
+        metrics, grad_norm = train_step(
+            train_model, model, batch, step, optimizer, scheduler, lt.grad_clip, use_bf16
+        )
         step += 1
         seen += lt.batch_size
         bar.update(1)
