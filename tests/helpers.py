@@ -10,8 +10,6 @@ from pathlib import Path
 
 import torch
 
-from ingest.config import RunOptions, build_config
-from ingest.pipeline import run_ingest
 from model.tokenizer import Tokenizer, TokenizerConfig
 from shards.config import to_dict
 from train.common import Checkpoints
@@ -38,6 +36,11 @@ TINY_LAM = [
 
 
 def ingest_multigrid(out: Path, episodes: int = 20, episode_len: int = 16, clip_len: int = 8) -> Path:
+    # Imported here: the simulator is only needed by the tests that ingest (bench/gpu.py imports this
+    # module on machines without it).
+    from ingest.config import RunOptions, build_config
+    from ingest.pipeline import run_ingest
+
     cfg = build_config(
         "multigrid",
         {

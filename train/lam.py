@@ -171,13 +171,14 @@ RESUME_FREE = {
 }
 
 
-def main(cfg: Config) -> Path:
-    """Train under the run folder's lock: one job per run folder."""
+def main(cfg: Config, stop_after: int | None = None) -> Path:
+    """Train under the run folder's lock: one job per run folder. ``stop_after``: end the job after the
+    checkpoint of that step, as an interruption would (bench/gpu.py resumes it in the same process)."""
     with run_lock(cfg.lam_run_dir, f"train/lam.py model={cfg.model}"):
-        return train(cfg)
+        return train(cfg, stop_after)
 
 
-def train(cfg: Config) -> Path:
+def train(cfg: Config, stop_after: int | None = None) -> Path:
     lt = cfg.lam_train
     dist_info = init_distributed()
     device, rank, world = dist_info.device, dist_info.rank, dist_info.world_size
@@ -301,8 +302,10 @@ def train(cfg: Config) -> Path:
                 model, tokenizer, fsq, cfg, tokenizer_id, device, run_dir / "videos", step
             )
             tb.scalars(val, step)
-        if step % lt.ckpt_every == 0 or step == lt.steps:
+        if step % lt.ckpt_every == 0 or step in (lt.steps, stop_after):
             save()
+        if step == stop_after:
+            break
 
     bar.close()
     tb.close()

@@ -1,0 +1,113 @@
+"""Multi-node training as docs/multinode.md runs it: two torchrun "nodes" on loopback (c10d rendezvous, gloo),
+one rank killed mid-run, torchrun's elastic restart (``--max-restarts``) brings the job back from its last
+checkpoint, and the final weights equal an uninterrupted run's."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from train import lam as train_lam
+from train.common import load_checkpoint
+from train.config import load_config
+
+from .conftest import REPO
+from .helpers import TINY_LAM
+
+STEPS = 24
+
+
+def lam_args(tiny_data, tiny_tokenizer, run_dir) -> list[str]:
+    return [
+        *TINY_LAM,
+        f"data.root={tiny_data}",
+        f"lam_train.tokenizer={tiny_tokenizer}",
+        f"lam_train.run_dir={run_dir}",
+        f"lam_train.steps={STEPS}",
+        "lam_train.ckpt_every=3",
+    ]
+
+
+def children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc: no psutil needed)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.torchrun
+def test_a_rank_killed_mid_run_restarts_elastically_and_ends_with_the_uninterrupted_weights(
+    tiny_data, tiny_tokenizer, tiny_cache, tmp_path
+):
+    train_lam.main(
+        load_config(REPO / "configs/demo.yaml", lam_args(tiny_data, tiny_tokenizer, tmp_path / "one"))
+    )
+    run = tmp_path / "elastic"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    agents = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                "--nproc_per_node=1",
+                "--max-restarts=1",
+                "--rdzv-backend=c10d",
+                f"--rdzv-endpoint=127.0.0.1:{port}",
+                "--rdzv-id=flam-elastic",
+                "train/lam.py",
+                "--config",
+                "configs/demo.yaml",
+                *lam_args(tiny_data, tiny_tokenizer, run),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        # Kill the worker of the second agent once the job has a checkpoint, well before its end.
+        deadline = time.time() + 300
+        while not (run / "ckpt" / "latest").exists():
+            assert time.time() < deadline and all(a.poll() is None for a in agents), "no checkpoint came"
+            time.sleep(0.05)
+        killed_at = load_checkpoint(run / "ckpt" / "latest")["step"]
+        workers = [pid for pid in children(agents[1].pid)]
+        assert workers, "the second agent has no worker to kill"
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        logs = [a.communicate(timeout=600)[1] for a in agents]
+    finally:
+        for a in agents:
+            if a.poll() is None:
+                a.kill()
+    assert killed_at < STEPS, "the job ended before a rank could be killed: raise STEPS"
+    assert all(a.returncode == 0 for a in agents), "\n".join(log[-2000:] for log in logs)
+    assert any("restart" in log.lower() for log in logs), "no elastic restart was logged"
+    one, elastic = (load_checkpoint(r / "ckpt" / "latest") for r in (tmp_path / "one", run))
+    assert one["step"] == elastic["step"] == STEPS
+    for name, tensor in one["model"].items():
+        torch.testing.assert_close(elastic["model"][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
