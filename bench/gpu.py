@@ -103,8 +103,9 @@ SIZES = {
         data_batches=50,
         loader_workers=8,
         precompute_workers=(0, 4, 8),
-        train_steps=300,
+        train_steps=200,
         log_every=10,
+        compile_deadline_s=240.0,
     ),
     # Seconds on a CPU: 32x32 frames, 4x4 tokens, FLAM D=32.
     "tiny": Sizes(
@@ -220,9 +221,10 @@ def training_run(cfg: Config, sizes: Sizes, run_dir: Path, compile: bool) -> dic
     }
 
 
-def run_section(name: str, results: dict[str, Any], fn: Callable[[], Any]) -> None:
+def run_section(name: str, results: dict[str, Any], fn: Callable[[], Any], out: Path) -> None:
     """Run one section into ``results[name]``; a failure is recorded with its traceback, printed, and the
-    next section still runs (one device run must bring back everything it can)."""
+    next section still runs (one device run must bring back everything it can). ``out/gpu.json`` is
+    rewritten after every section, so a run stopped by a time limit still leaves what it measured."""
     print(f"\n== {name}", flush=True)
     t0 = time.perf_counter()
     try:
@@ -231,6 +233,8 @@ def run_section(name: str, results: dict[str, Any], fn: Callable[[], Any]) -> No
         results[name] = {"error": traceback.format_exc()[-4000:]}
         print(results[name]["error"], file=sys.stderr, flush=True)
     print(f"== {name}: {time.perf_counter() - t0:.0f}s", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu.json").write_text(json.dumps(results, indent=1))
 
 
 def ratios(results: dict[str, Any]) -> list[tuple[str, float, str]]:
@@ -370,6 +374,7 @@ def main() -> int:
             lambda: model_throughput.measure_all(
                 entries, cfg, split_dir, device, opts, parallel, sizes.compile_deadline_s
             ),
+            args.out,
         )
         flam_cfg = replace(cfg, model="flam")
         run_section(
@@ -385,6 +390,7 @@ def main() -> int:
                 sizes.loader_workers,
                 compile,
             ),
+            args.out,
         )
         tokenizer, tokenizer_id = load_tokenizer(cfg.tokenizer_checkpoint, device)
         run_section(
@@ -393,8 +399,9 @@ def main() -> int:
             lambda: precompute.measure(
                 cfg, tokenizer, tokenizer_id, device, list(sizes.precompute_workers), sizes.repeats
             ),
+            args.out,
         )
-        run_section("d_training", results, lambda: training_run(cfg, sizes, root / "run", compile))
+        run_section("d_training", results, lambda: training_run(cfg, sizes, root / "run", compile), args.out)
     finally:
         if args.keep:
             print(f"kept {root}")

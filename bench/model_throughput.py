@@ -213,6 +213,8 @@ def _worker(conn, entry: str, cfg: Config, split_dir: Path, device: str, opts: O
         inductor_config.compile_threads = threads  # the host's cores shared by every compiling entry
         e = Entry(entry, cfg, split_dir, torch.device(device), opts)
         warm = e.warm_up()
+        if e.device.type == "cuda":  # hand cached blocks back while the other entries still compile
+            torch.cuda.empty_cache()
         conn.send(("ready", warm))
         if conn.recv() != "go":
             return
