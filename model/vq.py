@@ -16,8 +16,9 @@ Shapes: [..., E] continuous encodings in, the nearest of C codebook vectors out.
   made 2 ranks and 1 process pick different codes and diverge). Step 0 is such a restart, which initialises
   the whole codebook from data. Under torchrun the usage counts are all-reduced every step and the
   replacement encodings are drawn from the all-gathered *global* batch (rank order = global batch order, see
-  ``train.lam.GlobalBatches``), in an order hashed from (restart count, row index), so every rank makes the
-  same change, and the same as a single process with the whole batch. The counters are buffers: they are
+  ``train.lam.GlobalBatches``), in an order hashed from (restart count, row index), rows equal up to rounding
+  counted once, so every rank makes the same change, the same as a single process with the whole batch, and
+  the same compiled as eager. The counters are buffers: they are
   checkpointed and a resumed run restarts the same codes.
 - torch.compile: no graph breaks. Every shape is static (counts by scatter-add over the C codes, not a
   bincount whose length depends on the data; duplicates found by sorting a fp64 projection of the rows, not
@@ -135,14 +136,25 @@ class VectorQuantizer(nn.Module):
         self.restarts += 1
 
     def _draw_order(self, rows: Tensor) -> tuple[Tensor, Tensor]:
-        """rows [R, E] -> (order int64 [R]: each distinct row once, in a seeded random order, then the
-        duplicates; the number of distinct rows, int64 0-d). Equal rows (identical frame pairs) have equal
-        fp64 projections on a fixed random direction, distinct rows differ there almost surely."""
+        """rows [R, E] -> (order int64 [R]: one row of every group of equal rows, in a seeded random order,
+        then the others; the number of groups, int64 0-d).
+
+        Rows are grouped by their fp64 projection on a fixed random direction: rows equal up to rounding
+        (projections within 1e-5 of the rows' scale) form one group, whose representative is its lowest row
+        index. Rounding-close rows would make rounding-close codes, whose argmin is as fragile as an exact
+        tie; and a compiled graph, or another split of the batch over ranks, rounds the same encodings a
+        little differently (1e-7 relative), which must not change which rows are drawn. Distinct encodings
+        (other frames) lie far further apart along a random direction, but for a measure-zero coincidence."""
+        r = rows.shape[0]
         key = rows.double() @ self.probe.double()  # [R]
-        sorted_key, by_key = torch.sort(key, stable=True)  # equal keys: the lowest row index first
-        first = torch.cat([sorted_key.new_ones(1, dtype=torch.bool), sorted_key[1:] != sorted_key[:-1]])
-        is_first = torch.zeros_like(first).scatter(0, by_key, first)  # [R] per row
-        score = _hash_uniform(torch.arange(len(rows), device=rows.device), self.restarts, salt=0)
+        tol = 1e-5 * rows.detach().abs().amax().double() * rows.shape[1] ** 0.5
+        sorted_key, by_key = torch.sort(key, stable=True)
+        starts = torch.cat([sorted_key.new_ones(1, dtype=torch.bool), sorted_key.diff() > tol])
+        group = torch.empty_like(by_key).scatter(0, by_key, starts.long().cumsum(0) - 1)  # [R] per row
+        index = torch.arange(r, device=rows.device)
+        lowest = torch.full_like(index, r).scatter_reduce(0, group, index, reduce="amin")  # [R] per group
+        is_first = index == lowest[group]
+        score = _hash_uniform(index, self.restarts, salt=0)
         order = torch.argsort(torch.where(is_first, score, score + 2), stable=True)
         return order, is_first.sum()
 
