@@ -4,6 +4,7 @@ in the same run. Runs to the end on a CPU too (tiny sizes; the default test suit
 
     make bench-gpu                     # python -m bench.gpu --device cuda --docs docs/benchmarks.md
     make bench-gpu DEVICE=cpu          # tiny sizes, eager, the same code path
+    python -m bench.gpu --device cpu --size preset --docs docs/benchmarks.md   # the preset's widths on a CPU
     python -m bench.gpu --device cpu --models flam bare --out /tmp/b      # what the tests run
 
 (a) Training throughput of every model of ``model.zoo.MODELS`` (train/lam.py's ``train_step``: bf16 autocast
@@ -107,6 +108,33 @@ SIZES = {
         log_every=10,
         compile_deadline_s=240.0,
     ),
+    # The full preset's widths and tokens at a batch a CPU steps in seconds: the CPU's own honest ratios.
+    "preset": Sizes(
+        data=SyntheticConfig(
+            episodes=20, episode_len=32, clip_len=16, image_size=128, grid=16, episodes_per_shard=10
+        ),
+        overrides={
+            "lam": {"slot_pretrain_steps": 0},
+            "lam_train": {
+                "batch_size": 2,
+                "window": 16,
+                "window_stride": 16,
+                "val_clips": 2,
+                "rollout_steps": 2,
+            },
+            "data": {"shuffle_buffer": 16},
+            "precompute": {"batch_clips": 4, "report_clips": 4},
+        },
+        warmup=2,
+        steps=2,
+        repeats=2,
+        data_batches=10,
+        loader_workers=0,  # all decode in-process: CPU seconds of DataLoader workers outlive the timing
+        precompute_workers=(0,),
+        train_steps=4,
+        log_every=1,
+        compile_deadline_s=3600.0,
+    ),
     # Seconds on a CPU: 32x32 frames, 4x4 tokens, FLAM D=32.
     "tiny": Sizes(
         data=SyntheticConfig(
@@ -141,6 +169,7 @@ SIZES = {
 }
 
 TARGETS = {"flam_vs_bare": 0.8, "cache_vs_pixel": 20.0, "precompute_vs_encode": 0.9}
+DEFAULT_SIZE = {"cuda": "full", "cpu": "tiny"}
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -238,25 +267,40 @@ def run_section(name: str, results: dict[str, Any], fn: Callable[[], Any], out: 
 
 
 def ratios(results: dict[str, Any]) -> list[tuple[str, float, str]]:
-    """(what, value, target) of every headline ratio present. On a CPU the FLOP/s ratios use CPU seconds."""
+    """(what, value, target) of every headline ratio present. On a GPU: wall time. On a CPU every ratio is
+    one of CPU seconds of the process and the children it reaped (bench/timing.py): on a shared machine
+    wall time mostly measures the other jobs; the CPU sizes keep all work in-process, so none escapes."""
     out: list[tuple[str, float, str]] = []
+    gpu = results["environment"]["device"].startswith("cuda")
+    cpu = "" if gpu else "cpu_"
+    per = "" if gpu else " (CPU s)"
     models = results.get("a_models", {})
-    rate = "gflop_per_s" if results["environment"]["device"].startswith("cuda") else "gflop_per_cpu_s"
+    rate = "gflop_per_s" if gpu else "gflop_per_cpu_s"
     bare = models.get("bare", {}).get(rate)
     for entry, r in models.items():
         if entry != "bare" and rate in r and bare:
             target = f">= {TARGETS['flam_vs_bare']}" if entry == "flam" else "record"
-            out.append((f"{entry} FLOP/s / bare stack FLOP/s", r[rate] / bare, target))
+            out.append((f"{entry} FLOP/s / bare stack FLOP/s{per}", r[rate] / bare, target))
     pix = results.get("b_cache_vs_pixel", {}).get("ratios", {})
     if pix:
-        out.append(("training samples/s, token cache / pixel path", pix["train_cache_vs_pixel"], ">= 20"))
-        out.append(("data side only, cache / pixel", pix["data_cache_vs_pixel"], "record"))
+        target = f">= {TARGETS['cache_vs_pixel']:g}"
+        out.append(
+            (f"training samples/s, token cache / pixel path{per}", pix[cpu + "train_cache_vs_pixel"], target)
+        )
+        out.append((f"data side only, cache / pixel{per}", pix[cpu + "data_cache_vs_pixel"], "record"))
     pre = results.get("c_precompute", {}).get("ratios", {})
-    for key, value in pre.items():
-        if not key.startswith("cpu_"):
-            workers = key.removeprefix("precompute").removesuffix("_vs_encode")
-            out.append((f"precompute ({workers} loader workers) / in-memory encode", value, ">= 0.9"))
+    for key in (k for k in pre if k.startswith("precompute")):  # precompute<workers>_vs_encode
+        workers = key.removeprefix("precompute").removesuffix("_vs_encode")
+        target = f">= {TARGETS['precompute_vs_encode']}"
+        out.append((f"precompute ({workers} loader workers) / in-memory encode{per}", pre[cpu + key], target))
     return out
+
+
+def docs_kind(results: dict[str, Any]) -> str:
+    """The docs section a run goes to: ``cuda`` or ``cpu`` at the device's default size, else with the size
+    (``cpu-preset``), so that the tiny CPU run of the test suite never overwrites another size's figures."""
+    kind = "cuda" if results["environment"]["device"].startswith("cuda") else "cpu"
+    return kind if results["size"] == DEFAULT_SIZE[kind] else f"{kind}-{results['size']}"
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -339,9 +383,7 @@ def main() -> int:
         text = markdown(results)
         print(text)
         if args.docs:
-            update_docs(
-                args.docs, "cuda" if results["environment"]["device"].startswith("cuda") else "cpu", text
-            )
+            update_docs(args.docs, docs_kind(results), text)
         return 0
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -349,7 +391,8 @@ def main() -> int:
     gpu = device.type == "cuda"
     if not gpu and args.threads:
         torch.set_num_threads(args.threads)  # several threads on a shared box spin-wait
-    sizes = SIZES[args.size or ("full" if gpu else "tiny")]
+    size = args.size or DEFAULT_SIZE[device.type]
+    sizes = SIZES[size]
     compile = gpu if args.compile is None else args.compile
     entries = args.models or ["bare", *MODELS]
     if args.models is None and gpu and compile:
@@ -359,7 +402,7 @@ def main() -> int:
     started = time.perf_counter()
     results: dict[str, Any] = {
         "environment": environment(device),
-        "size": args.size or ("full" if gpu else "tiny"),
+        "size": size,
         "compile": compile,
         "targets": TARGETS,
     }
@@ -420,7 +463,7 @@ def main() -> int:
     text = markdown(results)
     (args.out / "gpu.md").write_text(text)
     if args.docs:
-        update_docs(args.docs, "cuda" if gpu else "cpu", text)
+        update_docs(args.docs, docs_kind(results), text)
     print(f"wrote {args.out / 'gpu.json'}, {args.out / 'gpu.md'}" + (f", {args.docs}" if args.docs else ""))
     if failed:
         print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
