@@ -308,24 +308,34 @@ def markdown(results: dict[str, Any]) -> str:
     gpu = env["device"].startswith("cuda")
     where = env.get("gpu") or f"CPU ({env['cpus']} cores, {env.get('torch_threads')} torch threads)"
     rate = "gflop_per_s" if gpu else "gflop_per_cpu_s"
+    per = "s" if gpu else "CPU s"  # on a CPU the table is in CPU seconds, as the ratios (see ``ratios``)
+    head = ["(a) model", f"samples/{per}", f"{'' if gpu else 'CPU '}ms/step", f"GFLOP/{per}", "vs bare"]
+    head += ["graphs", "breaks", "eager ops/step"] + (["kernels/step"] if gpu else [])
     lines = [
         f"**{where}**, torch {env['torch']}, {env['date_utc']} UTC, `bench/gpu.py --size {results['size']}` "
         f"(compile: {results['compile']}, bf16: {gpu}; {results.get('total_s', 0):.0f}s in all).",
         "",
-        f"| (a) model | samples/s | ms/step | GFLOP/{'s' if gpu else 'CPU s'} | vs bare | graphs | breaks |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| " + " | ".join(head) + " |",
+        "|---" + "|---:" * (len(head) - 1) + "|",
     ]
     models = results.get("a_models", {})
     bare = models.get("bare", {}).get(rate)
     for entry, r in models.items():
         if "error" in r:
-            lines.append(f"| {entry} | failed: {r['error'].strip().splitlines()[-1][:80]} | | | | | |")
-            continue
-        rel = f"{r[rate] / bare:.2f}" if bare else ""
-        lines.append(
-            f"| {entry} | {r['samples_per_s']:,.1f} | {r['ms_per_step']:.2f} | {r[rate]:,.1f} | "
-            f"{rel} | {r['graphs']} | {r['graph_breaks']} |"
-        )
+            cells = [entry, f"failed: {r['error'].strip().splitlines()[-1][:80]}"] + [""] * (len(head) - 2)
+        else:
+            ms = r["ms_per_step"] if gpu else r["cpu_ms_per_step"]
+            samples = r["samples_per_s"] * r["ms_per_step"] / ms  # the batch over the step's (CPU) seconds
+            cells = [
+                entry,
+                f"{samples:,.1f}",
+                f"{ms:,.2f}",
+                f"{r[rate]:,.1f}",
+                f"{r[rate] / bare:.2f}" if bare else "",
+            ]
+            cells += [str(r["graphs"]), str(r["graph_breaks"]), f"{r['eager_ops_per_step']:,}"]
+            cells += [str(r.get("gpu_kernels_per_step") or "")] if gpu else []
+        lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| ratio | value | target |", "|---|---:|---|"]
     lines += [f"| {what} | {value:.2f} | {target} |" for what, value, target in ratios(results)]
     run = results.get("d_training", {})

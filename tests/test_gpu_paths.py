@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -23,7 +24,6 @@ import sys
 import pytest
 import torch
 
-from model.flam import LAMConfig
 from model.fsq import FSQ
 from model.zoo import MODELS, build_model
 from train.common import cuda_rng_to_restore, load_checkpoint, rng_state, set_rng_state, warmup_cosine
@@ -31,22 +31,11 @@ from train.config import load_config
 from train.lam import latent_inputs, train_step
 
 from .conftest import REPO
+from .test_baselines import TINY as BASELINES_TINY
+from .test_baselines import F, M, N
 
-B, T, N, F, M = 2, 4, 16, 5, 3
-TINY = LAMConfig(
-    dim=32,
-    num_heads=4,
-    depth=1,
-    num_slots=4,
-    slot_iters=2,
-    num_tokens=N,
-    max_frames=T,
-    vq_codes=16,
-    vq_restart_every=2,
-    num_actions=7,
-    num_actors=M,
-    slot_pretrain_steps=2,
-)
+B, T = 2, 4
+TINY = dataclasses.replace(BASELINES_TINY, vq_restart_every=2)  # Genie restarts at steps 0, 2, 4
 # Graphs a compiled training forward may hold over steps 0..5: one per deliberate switch.
 GRAPHS = {"genie": 2, "playslot": 2, "slotformer": 2}
 
@@ -177,34 +166,25 @@ def test_bench_gpu_runs_to_the_end_on_the_cpu(tmp_path):
     text = docs.read_text()
     assert "old figures" not in text and text.endswith("after\n") and "| flam |" in text
     assert "target >= 0.8" in proc.stdout and "target >= 20" in proc.stdout and "target >= 0.9" in proc.stdout
+    # --from-json, as for a gpu.json brought back from a device machine: the same section, appended
+    again = tmp_path / "again.md"
+    again.write_text("# Benchmarks\n")
+    cmd = [sys.executable, "-m", "bench.gpu", "--from-json", str(out / "gpu.json"), "--docs", str(again)]
+    subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=True)
+    section = text[text.index("<!-- bench-gpu:cpu -->") : text.index("<!-- /bench-gpu:cpu -->")]
+    assert section in again.read_text()
 
 
 # -- slow: inductor on the CPU, DDP + compile on gloo, bench/gpu.py's parallel compile --------------------
 
 
-@pytest.fixture(scope="module")
-def lam_cache(tmp_path_factory):
-    from train import precompute
-
-    from .helpers import ingest_multigrid, save_tokenizer
-
-    root = tmp_path_factory.mktemp("gpudata")
-    ingest_multigrid(root, episodes=20)
-    ckpt = save_tokenizer(root / "tok")
-    precompute.main(
-        load_config(REPO / "configs/demo.yaml", {"data": {"root": str(root), "num_workers": 0}}), ckpt
-    )
-    return root, ckpt
-
-
-def lam_args(lam_cache, run_dir, *extra):
+def lam_args(tiny_data, tiny_tokenizer, run_dir, *extra):
     from .helpers import TINY_LAM
 
-    root, ckpt = lam_cache
     return [
         *TINY_LAM,
-        f"data.root={root}",
-        f"lam_train.tokenizer={ckpt}",
+        f"data.root={tiny_data}",
+        f"lam_train.tokenizer={tiny_tokenizer}",
         f"lam_train.run_dir={run_dir}",
         "lam_train.steps=4",
         "lam_train.ckpt_every=4",
@@ -223,14 +203,18 @@ def assert_same_weights(a, b):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["flam", "genie"])
-def test_inductor_on_the_cpu_trains_like_eager_and_resumes_eager(lam_cache, tmp_path, model):
+def test_inductor_on_the_cpu_trains_like_eager_and_resumes_eager(
+    tiny_data, tiny_tokenizer, tiny_cache, tmp_path, model
+):
     """lam_train.compile=true on the CPU (inductor's C++ kernels): 2 compiled steps, then the checkpoint
     resumed without compile for 2 more, end where 4 eager steps end (Genie: restarts inside the graph)."""
     from train import lam as train_lam
 
-    eager = load_config(REPO / "configs/demo.yaml", lam_args(lam_cache, tmp_path / "eager", f"model={model}"))
+    eager = load_config(
+        REPO / "configs/demo.yaml", lam_args(tiny_data, tiny_tokenizer, tmp_path / "eager", f"model={model}")
+    )
     train_lam.main(eager)
-    args = lam_args(lam_cache, tmp_path / "mixed", f"model={model}")
+    args = lam_args(tiny_data, tiny_tokenizer, tmp_path / "mixed", f"model={model}")
     train_lam.main(load_config(REPO / "configs/demo.yaml", [*args, "lam_train.compile=true"]), stop_after=2)
     train_lam.main(load_config(REPO / "configs/demo.yaml", args))
     assert_same_weights(tmp_path / "eager/ckpt/latest", tmp_path / "mixed/ckpt/latest")
@@ -239,7 +223,9 @@ def test_inductor_on_the_cpu_trains_like_eager_and_resumes_eager(lam_cache, tmp_
 @pytest.mark.slow
 @pytest.mark.torchrun
 @pytest.mark.parametrize("model", ["flam", "genie"])
-def test_ddp_with_compile_on_gloo_equals_one_eager_process(lam_cache, tmp_path, model):
+def test_ddp_with_compile_on_gloo_equals_one_eager_process(
+    tiny_data, tiny_tokenizer, tiny_cache, tmp_path, model
+):
     """torchrun, 2 ranks on gloo, DDP then torch.compile (Genie: the usage all-reduce and the global-batch
     all-gather of its restarts inside the compiled graph) == one eager process at the same global batch."""
     from train import lam as train_lam
@@ -247,9 +233,12 @@ def test_ddp_with_compile_on_gloo_equals_one_eager_process(lam_cache, tmp_path, 
     from .test_train_lam import torchrun
 
     train_lam.main(
-        load_config(REPO / "configs/demo.yaml", lam_args(lam_cache, tmp_path / "one", f"model={model}"))
+        load_config(
+            REPO / "configs/demo.yaml",
+            lam_args(tiny_data, tiny_tokenizer, tmp_path / "one", f"model={model}"),
+        )
     )
-    args = lam_args(lam_cache, tmp_path / "two", f"model={model}", "lam_train.compile=true")
+    args = lam_args(tiny_data, tiny_tokenizer, tmp_path / "two", f"model={model}", "lam_train.compile=true")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         torchrun(args, extra=["--standalone"]), cwd=REPO, env=env, capture_output=True, text=True
