@@ -49,21 +49,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # `python bench/gpu.py` runs this file as a script
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 
 from bench import model_throughput, precompute, train_throughput
 from bench.synthetic import SyntheticConfig, write_dataset
 from model.zoo import MODELS
 from shards.config import merge
-from shards.tokens import cache_dir
+from shards.tokens import TokenCache, cache_dir
 from tests.helpers import save_tokenizer
 from train import lam as train_lam
 from train import precompute as train_precompute
 from train.common import load_checkpoint, load_tokenizer
-from train.config import Config, load_config
+from train.config import Config, load_config, with_token_shape
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -143,7 +140,7 @@ SIZES = {
         overrides={
             "tokenizer": {"image_size": 32, "channels": [8, 8, 8], "num_res_blocks": 1},
             "lam": {
-                **{"dim": 32, "num_heads": 2, "depth": 1, "slot_iters": 2, "num_tokens": 16, "max_frames": 4},
+                **{"dim": 32, "num_heads": 2, "depth": 1, "slot_iters": 2, "max_frames": 4},
                 **{"vq_codes": 16, "slot_pretrain_steps": 0},
             },
             "lam_train": {
@@ -202,16 +199,19 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 def setup(sizes: Sizes, root: Path) -> tuple[Config, Path]:
-    """Shards, a random tokenizer and the token cache of every split -> (config, train split dir)."""
+    """Shards, a random tokenizer and the token cache of every split -> (config with the cache's token shape,
+    train split dir)."""
     t0 = time.perf_counter()
     manifest = write_dataset(root, sizes.data)
     preset = REPO / "configs/multigrid.yaml"
     ckpt = save_tokenizer(root / "tok", load_config(preset, sizes.overrides).tokenizer)
-    paths = {"data": {"root": str(root), "num_workers": 0}, "lam_train": {"tokenizer": str(ckpt)}}
+    paths = {"data": {"root": str(root), "num_workers": 0, "tokenizer": str(ckpt)}}
     cfg = load_config(preset, merge(sizes.overrides, paths))
-    train_precompute.main(cfg, ckpt)
+    train_precompute.main(cfg)
     _, tokenizer_id = load_tokenizer(ckpt, torch.device("cpu"))
     split_dir = cache_dir(cfg.data.root, cfg.data.dataset, tokenizer_id, "train")
+    info = TokenCache(split_dir).info
+    cfg = with_token_shape(cfg, info.grid[0] * info.grid[1], len(info.levels))  # N, F: as train/lam.py does
     totals = manifest["totals"]
     print(
         f"setup: {totals['frames']} frames in {totals['clips']} clips, tokenizer, token cache: "

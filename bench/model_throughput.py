@@ -34,7 +34,8 @@ from bench.timing import sync
 from bench.train_throughput import CacheBatches, Trainer
 from model.base import TokenWorldModel
 from model.blocks import TransformerLayer
-from model.flam import LAMConfig
+from model.config import LAMConfig
+from train.common import load_tokenizer
 from train.config import Config
 
 Batch = dict[str, Tensor]
@@ -120,7 +121,8 @@ class Entry:
         self.trainer = Trainer(cfg, device, compile=False, model=model)
         if opts.compile:
             self.trainer.train_model = torch.compile(self.trainer.model, mode=mode)
-        cache = CacheBatches(cfg, split_dir, self.trainer)
+        tokenizer, _ = load_tokenizer(cfg.tokenizer_checkpoint, device)  # codes -> features
+        cache = CacheBatches(cfg, split_dir, tokenizer, self.trainer)
         self.batches = []
         for k in range(opts.batches):  # the first global batches of the cache, with their step's noise
             self.trainer.step = k
