@@ -203,7 +203,17 @@ def test_bench_gpu_runs_to_the_end_on_the_cpu(tmp_path):
 # -- slow: inductor on the CPU, DDP + compile on gloo, bench/gpu.py's parallel compile --------------------
 
 
-def lam_args(tiny_data, tiny_tokenizer, run_dir, *extra):
+# Genie's weights are compared loosely. Right after a restart a code equals the encoding it was drawn from,
+# so the VQ loss's gradient (code - encoding) is rounding noise, which differs between kernels, and Adam
+# scales noise to steps of about lr: compiled and eager weights drift apart by ~10 lr in 4 steps (5.8e-3 in
+# the codebook here). The code counts, restart count and step must match exactly; that the compiled restart
+# draws the very rows eager draws is tested on the quantiser itself (test_compiled_vq_restarts_draw_...).
+# (At lr 1e-6 the drift is 2.5e-7, yet one near-tied nearest-code choice flips: VQ choices between codes
+# within rounding of each other are not reproducible across kernels, so this comparison stays coarse.)
+ATOL = {"genie": 1e-2}
+
+
+def lam_args(tiny_data, tiny_tokenizer, run_dir, model, *extra):
     return [
         *TINY_LAM,
         f"data.root={tiny_data}",
@@ -213,15 +223,9 @@ def lam_args(tiny_data, tiny_tokenizer, run_dir, *extra):
         "lam_train.ckpt_every=4",
         "lam.vq_restart_every=2",
         "lam_train.latent_warmup_steps=1",
+        f"model={model}",
         *extra,
     ]
-
-
-# Genie's weights after 4 AdamW steps at lr 1e-3 may differ by a fraction of lr: right after a restart a code
-# equals the encoding it was drawn from, so the VQ loss's gradient (code - encoding) is rounding noise, which
-# differs between kernels, and Adam scales noise to steps of about lr. What must match exactly are the
-# discrete decisions: the restarted rows (a wrong draw moves a code by ~1, not 1e-3) and the code counts.
-ATOL = {"genie": 1e-3}
 
 
 def assert_same_weights(a, b, model: str):
@@ -243,10 +247,10 @@ def test_inductor_on_the_cpu_trains_like_eager_and_resumes_eager(
     from train import lam as train_lam
 
     eager = load_config(
-        REPO / "configs/demo.yaml", lam_args(tiny_data, tiny_tokenizer, tmp_path / "eager", f"model={model}")
+        REPO / "configs/demo.yaml", lam_args(tiny_data, tiny_tokenizer, tmp_path / "eager", model)
     )
     train_lam.main(eager)
-    args = lam_args(tiny_data, tiny_tokenizer, tmp_path / "mixed", f"model={model}")
+    args = lam_args(tiny_data, tiny_tokenizer, tmp_path / "mixed", model)
     train_lam.main(load_config(REPO / "configs/demo.yaml", [*args, "lam_train.compile=true"]), stop_after=2)
     train_lam.main(load_config(REPO / "configs/demo.yaml", args))
     assert_same_weights(tmp_path / "eager/ckpt/latest", tmp_path / "mixed/ckpt/latest", model)
@@ -266,10 +270,10 @@ def test_ddp_with_compile_on_gloo_equals_one_eager_process(
     train_lam.main(
         load_config(
             REPO / "configs/demo.yaml",
-            lam_args(tiny_data, tiny_tokenizer, tmp_path / "one", f"model={model}"),
+            lam_args(tiny_data, tiny_tokenizer, tmp_path / "one", model),
         )
     )
-    args = lam_args(tiny_data, tiny_tokenizer, tmp_path / "two", f"model={model}", "lam_train.compile=true")
+    args = lam_args(tiny_data, tiny_tokenizer, tmp_path / "two", model, "lam_train.compile=true")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         torchrun(args, extra=["--standalone"]), cwd=REPO, env=env, capture_output=True, text=True
