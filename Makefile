@@ -23,10 +23,12 @@ TOKENIZER   ?=
 LAUNCH       = $(if $(filter 1,$(NPROC)),$(PY),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC))
 
 .DEFAULT_GOAL := help
-.PHONY: help demo setup test test-all lint format ingest tokenizer precompute train evaluate compare expert policy bench-ingest bench-loader bench-expert clean-data
+.PHONY: help demo setup test test-all lint format ingest tokenizer precompute train evaluate compare expert policy bench-ingest bench-loader bench-expert bench-gpu clean-data
 MODEL       ?= flam
 BRIEF       ?= 1
 RUNS        ?=
+# bench-gpu: cuda (the device check, full sizes) or cpu (tiny sizes, eager).
+DEVICE      ?= cuda
 
 demo: $(STAMP)  ## the whole job on a small MultiGrid set (ingest, tokenizer, tokens, FLAM, report), CPU ok
 	$(PY) -m train.demo --config configs/demo.yaml $(ARGS)
@@ -95,6 +97,10 @@ bench-loader: $(STAMP)  ## loader clips/s vs a bare decord loop over the same sh
 
 bench-ingest: $(STAMP)  ## ingest throughput vs the bare render loop, and 1 -> 2 worker scaling
 	$(PY) -m bench.ingest
+
+# A lent GPU machine has torch but no .venv: `make bench-gpu PY=python3` skips the venv.
+bench-gpu: $(if $(filter $(VENV)/bin/python,$(PY)),$(STAMP))  ## GPU check: models vs bare stack, cache vs pixel, precompute, a resumed run (DEVICE=cpu: tiny)
+	$(PY) -m bench.gpu --device $(DEVICE) --docs docs/benchmarks.md $(ARGS)
 
 clean-data:  ## delete the default data/ folder
 	rm -rf data

@@ -51,6 +51,12 @@ class TokenWorldModel(nn.Module):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
+    def begin_step(self, step: int) -> None:
+        """Called by the trainer before the training forward of global step ``step``, outside torch.compile.
+        Models whose training graph depends on the step (Genie's codebook restarts, the two-stage models'
+        stage) set Python-level state here, so the compiled forward never reads a tensor into Python; the
+        rest ignore it. Without it a model counts its own training forwards (eager use)."""
+
     def noise_shape(self, features: Tensor) -> tuple[int, ...] | None:
         """Shape of ``batch["noise"]`` (the reparameterisation eps) for ``features``; None: no noise."""
         return None

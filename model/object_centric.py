@@ -48,11 +48,21 @@ class PlaySlot(FLAM):
         # the slot decoder whole frames.
         self.recon_out = nn.Sequential(nn.LayerNorm(cfg.dim), nn.Linear(cfg.dim, cfg.feature_dim))
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
+        self.stage_pretraining: bool | None = None  # set by begin_step; None: read train_steps
+
+    def begin_step(self, step: int) -> None:
+        """The stage of global step ``step`` as a Python bool: a compiled model holds one graph per stage
+        (one recompile at the switch) and never reads ``train_steps`` into Python."""
+        self.stage_pretraining = step < self.cfg.slot_pretrain_steps
 
     @property
     def pretraining(self) -> bool:
         """True while training is in the object-centric stage."""
-        return self.training and int(self.train_steps) < self.cfg.slot_pretrain_steps
+        if not self.training:
+            return False
+        if self.stage_pretraining is not None:
+            return self.stage_pretraining
+        return int(self.train_steps) < self.cfg.slot_pretrain_steps
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         if not self.training:

@@ -160,13 +160,16 @@ class Genie(SceneLAM):
             cfg.vq_codes, self.action_dim, commitment=cfg.vq_commitment, restart_every=cfg.vq_restart_every
         )
 
+    def begin_step(self, step: int) -> None:
+        self.vq.begin_step(step)
+
     def _transition_latents(self, x, current, batch):
         z_e, _ = self.idm(current, rearrange(x[:, 1:], "b t n d -> (b t) n d"))
         z_q, indices, vq_loss = self.vq(z_e)
         metrics = {
             "vq_loss": vq_loss,
             "perplexity": self.vq.perplexity(indices),
-            "codes_used": (torch.bincount(indices.flatten(), minlength=self.vq.num_codes) > 0).float().sum(),
+            "codes_used": (self.vq.counts(indices) > 0).float().sum(),
         }
         return z_q, vq_loss, metrics
 
@@ -230,12 +233,17 @@ class WorldModel(SceneLAM):
         b, t = features.shape[:2]
         actions = actions.reshape(b, actions.shape[1], -1)[:, : t - 1]  # [B, T-1, actors]
         actors, n = self.cfg.num_actors, self.cfg.num_actions
-        if actions.shape[1:] != (t - 1, actors) or actions.min() < 0 or actions.max() >= n:
-            raise ValueError(
-                f"world_model expects actions int [B, >={t - 1}, {actors}] in [0, {n}) "
-                f"(lam.num_actors, lam.num_actions), got {tuple(actions.shape)} with values in "
-                f"[{int(actions.min())}, {int(actions.max())}]"
-            )
+        expects = (
+            f"world_model expects actions int [B, >={t - 1}, {actors}] in [0, {n}) "
+            "(lam.num_actors, lam.num_actions)"
+        )
+        if actions.shape[1:] != (t - 1, actors):
+            raise ValueError(f"{expects}, got {tuple(actions.shape)}")
+        if torch.compiler.is_compiling():  # no tensor read into Python: the range check runs on the device
+            torch._assert_async(((actions >= 0) & (actions < n)).all(), expects)
+        elif actions.min() < 0 or actions.max() >= n:
+            lo, hi = int(actions.min()), int(actions.max())
+            raise ValueError(f"{expects}, got values in [{lo}, {hi}]")
         return self.action_tokens(actions).to(features.dtype)
 
     def action_tokens(self, actions: Tensor) -> Tensor:

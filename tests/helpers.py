@@ -14,8 +14,6 @@ from pathlib import Path
 
 import torch
 
-from ingest.config import RunOptions, build_config
-from ingest.pipeline import run_ingest
 from model.tokenizer import Tokenizer, TokenizerConfig
 from shards.config import to_dict
 from train.common import Checkpoints
@@ -55,6 +53,11 @@ def multigrid_ingest(episodes: int = 20, episode_len: int = 16, clip_len: int = 
 
 def ingest_multigrid(out: Path, episodes: int = 20, episode_len: int = 16, clip_len: int = 8) -> Path:
     """``multigrid_ingest`` rendered into ``out/multigrid/`` (in process, no Ray)."""
+    # Imported here: the simulator is only needed by the tests that ingest (bench/gpu.py imports this
+    # module on machines without it).
+    from ingest.config import RunOptions, build_config
+    from ingest.pipeline import run_ingest
+
     cfg = build_config("multigrid", multigrid_ingest(episodes, episode_len, clip_len))
     run_ingest(cfg, RunOptions(out=str(out), executor="local", progress=False))
     return out / "multigrid"

@@ -124,7 +124,7 @@ class LAMTrainConfig:
     latent_warmup_steps: int = 0
     grad_clip: float = 1.0
     bf16: bool = True  # autocast on GPU only
-    compile: bool = False  # torch.compile on GPU
+    compile: bool = False  # torch.compile (inductor), on GPU and CPU alike
     seed: int = 0
     log_every: int = 50
     val_every: int = 1000  # rollout PSNR through the frozen decoder + a rollout video

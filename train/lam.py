@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from model.base import TokenWorldModel
 from model.tokenizer import Tokenizer
 from model.zoo import build_model
 from shards.config import to_dict
@@ -58,6 +59,46 @@ def step_noise(cfg: Config, step: int, shape: tuple[int, ...], rank: int, world_
     full = torch.randn((cfg.lam_train.batch_size, *shape[1:]), generator=g)
     per_rank = cfg.lam_train.batch_size // world_size
     return full[rank * per_rank : (rank + 1) * per_rank]
+
+
+def train_step(
+    train_model: torch.nn.Module,
+    model: TokenWorldModel,
+    batch: dict[str, torch.Tensor],
+    step: int,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    grad_clip: float,
+    bf16: bool,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One optimiser step of global step ``step`` -> (detached metrics, grad norm). ``train_model`` is
+    ``model`` as ``wrap_for_training`` returned it (DDP and/or compiled): ``begin_step`` goes to the plain
+    model, outside the compiled region; bf16 autocast around the forward only (the FSQ/VQ parts keep fp32)."""
+    model.begin_step(step)
+    device_type = batch["features"].device.type
+    with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=bf16):
+        loss, metrics = train_model(batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return metrics, grad_norm
+
+
+def latent_inputs(
+    cfg: Config, model: TokenWorldModel, features: torch.Tensor, step: int, rank: int, world_size: int
+) -> dict[str, torch.Tensor]:
+    """The step's latent inputs: ``noise`` (models with a sampled latent) and ``kl_weight``, with the same
+    keys, shapes and dtypes at every step (scaled by ``latent_warmup``), so a compiled model never
+    recompiles when the warm-up ends."""
+    noise_scale, kl_weight = latent_warmup(step, cfg.lam_train.latent_warmup_steps)
+    out = {"kl_weight": torch.tensor(kl_weight, dtype=torch.float32, device=features.device)}
+    noise_shape = model.noise_shape(features)
+    if noise_shape is not None:
+        noise = step_noise(cfg, step, noise_shape, rank, world_size)
+        out["noise"] = (noise_scale * noise).to(features.device)
+    return out
 
 
 def latent_warmup(step: int, warmup: int) -> tuple[float, float]:
@@ -125,13 +166,14 @@ RESUME_FREE = {
 }
 
 
-def main(cfg: Config) -> Path:
-    """Train under the run folder's lock: one job per run folder."""
+def main(cfg: Config, stop_after: int | None = None) -> Path:
+    """Train under the run folder's lock: one job per run folder. ``stop_after``: end the job after the
+    checkpoint of that step, as an interruption would (bench/gpu.py resumes it in the same process)."""
     with run_lock(cfg.lam_run_dir, f"train/lam.py model={cfg.model}"):
-        return train(cfg)
+        return train(cfg, stop_after)
 
 
-def train(cfg: Config) -> Path:
+def train(cfg: Config, stop_after: int | None = None) -> Path:
     check_stages(cfg)
     lt = cfg.lam_train
     dist_info = init_distributed()
@@ -225,19 +267,10 @@ def train(cfg: Config) -> Path:
     while step < lt.steps:
         items = [windows[int(i)] for i in batches.indices(step, rank, world)]
         batch = to_model_batch(collate(items), tokenizer, device, check_codes=False)  # features [b, T, N, F]
-        noise_shape = model.noise_shape(batch["features"])
-        noise_scale, kl_weight = latent_warmup(step, lt.latent_warmup_steps)
-        if noise_shape is not None:
-            batch["noise"] = (noise_scale * step_noise(cfg, step, noise_shape, rank, world)).to(device)
-        if kl_weight < 1.0:
-            batch["kl_weight"] = torch.tensor(kl_weight, device=device)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss, metrics = train_model(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), lt.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        batch.update(latent_inputs(cfg, model, batch["features"], step, rank, world))
+        metrics, grad_norm = train_step(
+            train_model, model, batch, step, optimizer, scheduler, lt.grad_clip, use_bf16
+        )
         step += 1
         seen += lt.batch_size
         bar.update(1)
@@ -257,8 +290,10 @@ def train(cfg: Config) -> Path:
         if dist_info.is_main and (step % lt.val_every == 0 or step == lt.steps):
             val = validate(model, tokenizer, cfg, tokenizer_id, device, run_dir / "videos", step)
             tb.scalars(val, step)
-        if step % lt.ckpt_every == 0 or step == lt.steps:
+        if step % lt.ckpt_every == 0 or step in (lt.steps, stop_after):
             save()
+        if step == stop_after:
+            break
 
     bar.close()
     tb.close()
