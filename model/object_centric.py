@@ -36,7 +36,7 @@ from model.flam import FLAM, Aggregator, LAMConfig
 class PlaySlot(FLAM):
     """Two-stage object-centric latent action model (see the module docstring)."""
 
-    latent = "gaussian"
+    latent = "kl"
     has_unused_parameters = True  # each stage leaves the other stage's parameters without gradients
 
     def __init__(self, cfg: LAMConfig) -> None:
