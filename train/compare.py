@@ -90,17 +90,21 @@ def train_models(cfgs: list[Config], root: Path, nproc: int, jobs: int) -> None:
             bar.update(1)
 
 
-def main(
-    config: str | Path, overrides: list[str], models: list[str], brief: bool, nproc: int = 1, jobs: int = 1
-) -> Path:
-    """Preset <- (brief) <- command-line overrides; then every stage (see the module docstring)."""
-    start = time.perf_counter()
+def preset(config: str | Path, overrides: list[str], brief: bool) -> Config:
+    """A dataset preset, at CPU size with ``brief`` (configs/brief.yaml), then the command-line overrides."""
     cfg = load_config(config)
     if brief:
         cfg = brief_config(cfg)
-    cfg = load_config(None, merge(to_dict(cfg), parse_overrides(overrides)))
-    root = Path("runs") / f"compare-{cfg.data.dataset}{'-brief' if brief else ''}"
-    cfg = with_runs(cfg, root)
+    return load_config(None, merge(to_dict(cfg), parse_overrides(overrides)))
+
+
+def compare_root(dataset: str, brief: bool) -> Path:
+    """The folder of a dataset's comparison: its tokenizer and the models every study reuses."""
+    return Path("runs") / f"compare-{dataset}{'-brief' if brief else ''}"
+
+
+def prepare(cfg: Config, root: Path, nproc: int) -> None:
+    """The data stages, each skipped or resumed when done: ingest (simulators), the tokenizer, the cache."""
     if cfg.ingest and not (cfg.dataset_dir / "manifest.json").exists():
         from train.demo import ingest
 
@@ -121,6 +125,17 @@ def main(
     else:
         tokenizer.main(cfg)
         precompute.main(cfg, cfg.tokenizer_checkpoint)
+
+
+def main(
+    config: str | Path, overrides: list[str], models: list[str], brief: bool, nproc: int = 1, jobs: int = 1
+) -> Path:
+    """Preset <- (brief) <- command-line overrides; then every stage (see the module docstring)."""
+    start = time.perf_counter()
+    cfg = preset(config, overrides, brief)
+    root = compare_root(cfg.data.dataset, brief)
+    cfg = with_runs(cfg, root)
+    prepare(cfg, root, nproc)
     has_actions = any(cfg.dataset_dir.glob("tokens/*/train/parts/*/actions.npy"))
     runs = []
     for model in models:

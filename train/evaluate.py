@@ -22,6 +22,8 @@ against the real frames (section 5.1):
   codes scores exactly Recon, one that repeats the last context frame scores exactly Copy;
 - DCI (Table 2) of every slot model's slots against agent positions, with the Random reference, where
   the clips hold positions (MultiGrid, ``train/dci.py``);
+- leakage and transfer of latent actions (scene cut, cycle consistency; ``train/transfer.py``) on the
+  split's cached tokens: ``transfer.md``;
 - videos/: ground truth | Recon | every model, side by side; figures/: controllable generation (one slot's
   latent actions replaced by prior samples or ``eval.control_vector``, Fig. 6) and latent actions in 2D
   coloured by the ground-truth action (Fig. 5).
@@ -47,6 +49,7 @@ import torch
 from tqdm import tqdm
 
 from model.fsq import FSQ
+from model.latents import FAMILIES
 from model.metrics import fvd, psnr, ssim, to_unit
 from model.tokenizer import Tokenizer, to_float
 from shards.config import merge, parse_overrides, split_overrides
@@ -56,6 +59,7 @@ from train.common import load_tokenizer, load_world_model
 from train.config import Config, EvalConfig, load_config
 from train.eval_figures import chunks, figures_for
 from train.rollouts import decode_features
+from train.transfer import transfer_scores, write_transfer_report
 
 
 @dataclass
@@ -255,6 +259,7 @@ def evaluate_dataset(runs: list[Run], out_dir: Path, device: torch.device) -> di
     figures: dict[str, list[str]] = {}
     dci: dict[str, dict] = {}
     assignment: dict[str, dict] = {}
+    transfer: dict[str, dict] = {}
     for run in runs:
         model = run.model
         if model.needs_actions and "actions" not in data:
@@ -275,6 +280,8 @@ def evaluate_dataset(runs: list[Run], out_dir: Path, device: torch.device) -> di
         if model.has_slots and "cells" in data:
             assignment[run.label], figure = slot_assignment(run, features, data, grid, out_dir, device)
             figures[run.label].append(figure)
+        if ec.transfer and model.latent in FAMILIES:
+            transfer[run.label] = transfer_scores(run, tokenizer_id, tokenizer.cfg.levels, grid, device)
     if dci:
         from train.dci import random_slots_like
 
@@ -300,6 +307,7 @@ def evaluate_dataset(runs: list[Run], out_dir: Path, device: torch.device) -> di
         "skipped": scorer.skipped,
         "dci": dci,
         "assignment": assignment,
+        "transfer": transfer,
         "video": str(video.relative_to(out_dir)),
         "figures": figures,
     }
@@ -418,6 +426,7 @@ def write_reports(results: dict[str, dict], out_dir: Path) -> None:
                 f"  FVD from {r['windows']} videos per row: biased upward; compare only at equal counts."
             )
     (out_dir / "table1.md").write_text("\n".join(lines) + "\n")
+    write_transfer_report(results, out_dir)
     dci = {name: r["dci"] for name, r in results.items() if r["dci"]}
     if dci:
         text = ["# Slot representation: DCI against agent positions (paper Table 2 layout)", ""]
