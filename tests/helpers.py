@@ -51,10 +51,16 @@ def ingest_multigrid(out: Path, episodes: int = 20, episode_len: int = 16, clip_
     return out / "multigrid"
 
 
-def save_tokenizer(run_dir: Path, cfg: TokenizerConfig = TINY_TOKENIZER, seed: int = 0) -> Path:
-    """A randomly initialised tokenizer checkpoint, in the format train/tokenizer.py writes."""
+def save_tokenizer(
+    run_dir: Path, cfg: TokenizerConfig = TINY_TOKENIZER, seed: int = 0, encoder_gain: float = 1.0
+) -> Path:
+    """A randomly initialised tokenizer checkpoint, in the format train/tokenizer.py writes.
+    ``encoder_gain`` scales the encoder's last layer: at init its outputs sit near 0 and most frames get
+    the same codes; a gain of 10 spreads them so that distinct agent poses get distinct codes."""
     torch.manual_seed(seed)
     model = Tokenizer(cfg)
+    with torch.no_grad():
+        model.encoder.net[-1].weight.mul_(encoder_gain)
     ckpts = Checkpoints(run_dir)
     ckpts.save(
         {
@@ -153,3 +159,32 @@ def tree_bytes(folder: Path, skip: tuple[str, ...] = (".lock",)) -> dict[str, by
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name not in skip
     }
+
+
+# The CPU-size MultiGrid look (configs/brief.yaml): 64x64 frames, 8-pixel cells, plain floor; 8x8 tokens.
+SMALL_ROOM = {"episode_len": 16, "tile_size": 8, "highlight": False}
+SMALL_TOKENIZER = TokenizerConfig(image_size=64, channels=(8, 8, 8), num_res_blocks=1)
+SMALL_LAM = [*(o for o in TINY_LAM if not o.startswith("lam_train.val")), "lam.num_tokens=64", "lam.vq_codes=16"]
+
+
+def small_world(root: Path, models: tuple[str, ...], steps: int = 2) -> tuple[Path, dict[str, Path]]:
+    """A 64x64 MultiGrid set (24 episodes of 16 frames), a random tokenizer for it, the token cache of
+    every split and ``steps``-step runs of ``models`` -> (tokenizer checkpoint, {model: run folder})."""
+    from train import lam as train_lam
+    from train import precompute
+
+    cfg = build_config(
+        "multigrid", {"episodes": 24, "clip_len": 8, "episodes_per_shard": 12, "source": SMALL_ROOM}
+    )
+    run_ingest(cfg, RunOptions(out=str(root), executor="local", progress=False))
+    ckpt = save_tokenizer(root / "tok", SMALL_TOKENIZER, encoder_gain=10.0)
+    precompute.main(precompute_config(root, "tokenizer.image_size=64"), ckpt)
+    runs = {}
+    for model in models:
+        run = root / "runs" / model
+        args = [*SMALL_LAM, f"model={model}", f"data.root={root}", f"lam_train.tokenizer={ckpt}"]
+        args += [f"lam_train.run_dir={run}", f"lam_train.steps={steps}", f"lam_train.ckpt_every={steps}"]
+        args += ["lam_train.val_every=1000", "lam.slot_pretrain_steps=1"]
+        train_lam.main(precompute_config(root, "tokenizer.image_size=64", *args))
+        runs[model] = run
+    return ckpt, runs
