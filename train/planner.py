@@ -190,27 +190,42 @@ def world_model_steer(model):
 def controller_steer(bound):
     """A latent-action model: real actions -> the controller's latents at every step, reading the state
     there (adapter); per-agent controllers fill each agent's matched slot (slots no agent holds get the
-    controller's ``noop`` latent)."""
+    controller's ``noop`` latent). Candidates that share their actions up to step i share the state there
+    and the latent: the controller runs once per distinct prefix (exact; the rollout itself stays one batch
+    of every candidate)."""
 
     def steer(full, imagination):
         slots = imagination.agent_slots
         k = bound.spec["latents"]
 
-        def drive(i, state):
+        def latents(acts, state):
             c = state.shape[0]
             if not bound.spec["per_agent"]:
-                return bound.latents(full[:, i], state)
+                return bound.latents(acts, state)
             sigma = slots[None].expand(c, -1)
             rest = None
             if k > sigma.shape[1]:
                 every = torch.arange(k, device=state.device)[None].expand(c, -1)
                 rest = bound.latents(torch.full_like(every, imagination.noop), state, every)
-            return bound.latents(full[:, i], state, sigma, rest)
+            return bound.latents(acts, state, sigma, rest)
+
+        def drive(i, state):
+            first, inverse = distinct_rows(full[:, : i + 1].flatten(1))
+            return latents(full[first, i], state[first])[inverse]
 
         return drive
 
     steer.per_agent = bound.spec["per_agent"]
     return steer
+
+
+def distinct_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [C, L] -> (index of the first row of each distinct value [U], the distinct row of each row [C])."""
+    _, inverse = torch.unique(x, dim=0, return_inverse=True)
+    rows = torch.arange(len(x), device=x.device)
+    first = torch.full((int(inverse.max()) + 1,), len(x), device=x.device)
+    first = first.scatter_reduce(0, inverse, rows, reduce="amin")
+    return first, inverse
 
 
 class SimulatorImagination:
