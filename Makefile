@@ -22,10 +22,13 @@ TOKENIZER   ?=
 LAUNCH       = $(if $(filter 1,$(NPROC)),$(PY),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC))
 
 .DEFAULT_GOAL := help
-.PHONY: help demo setup test test-all lint format ingest tokenizer precompute train evaluate compare bench-ingest bench-loader clean-data
+.PHONY: help demo setup test test-all lint format ingest tokenizer precompute train evaluate compare sweep controller plan bench-ingest bench-loader bench-plan clean-data
 MODEL       ?= flam
 BRIEF       ?= 1
 RUNS        ?=
+RUN         ?=
+# Latent-action families swept by `make sweep` (kl sparse vq); empty: all three.
+LATENT      ?=
 
 demo: $(STAMP)  ## the whole job on a small MultiGrid set (ingest, tokenizer, tokens, FLAM, report), CPU ok
 	$(PY) train/demo.py --config configs/demo.yaml $(ARGS)
@@ -78,6 +81,20 @@ evaluate: $(STAMP)  ## score trained runs against ground truth: Table 1, DCI, vi
 
 compare: $(STAMP)  ## train all six models on DATASET, then Table 1 (BRIEF=1: CPU minutes; BRIEF=0: full preset, NPROC GPUs)
 	$(PY) train/compare.py --config $(CONFIG) $(if $(filter 1,$(BRIEF)),--brief) --nproc $(NPROC) $(ARGS)
+
+sweep: $(STAMP)  ## capacity sweep of MODEL's latent families on DATASET (LATENT=kl|sparse|vq; BRIEF=1: CPU size)
+	$(PY) train/sweep.py --config $(CONFIG) $(if $(filter 1,$(BRIEF)),--brief) --model $(MODEL) \
+		$(if $(LATENT),--latent $(LATENT)) --nproc $(NPROC) $(ARGS)
+
+controller: $(STAMP)  ## controller from real actions to RUN's latent actions (ARGS="controller.kind=adapter")
+	$(PY) train/controller.py --run $(RUN) $(ARGS)
+
+plan: $(STAMP)  ## MultiGrid planning with RUNS="..." (none: make compare's models, trained first; BRIEF=1: CPU size)
+	$(PY) train/plan.py $(if $(RUNS),--runs $(RUNS),--config $(CONFIG) $(if $(filter 1,$(BRIEF)),--brief) \
+		--nproc $(NPROC)) $(ARGS)
+
+bench-plan: $(STAMP)  ## planning steps/s vs a bare batched forward of the same world model
+	$(PY) bench/plan.py
 
 bench-loader: $(STAMP)  ## loader clips/s vs a bare decord loop over the same shards
 	$(PY) bench/loader.py

@@ -164,7 +164,11 @@ def tree_bytes(folder: Path, skip: tuple[str, ...] = (".lock",)) -> dict[str, by
 # The CPU-size MultiGrid look (configs/brief.yaml): 64x64 frames, 8-pixel cells, plain floor; 8x8 tokens.
 SMALL_ROOM = {"episode_len": 16, "tile_size": 8, "highlight": False}
 SMALL_TOKENIZER = TokenizerConfig(image_size=64, channels=(8, 8, 8), num_res_blocks=1)
-SMALL_LAM = [*(o for o in TINY_LAM if not o.startswith("lam_train.val")), "lam.num_tokens=64", "lam.vq_codes=16"]
+SMALL_LAM = [
+    *(o for o in TINY_LAM if not o.startswith("lam_train.val")),
+    "lam.num_tokens=64",
+    "lam.vq_codes=16",
+]
 
 
 def small_world(root: Path, models: tuple[str, ...], steps: int = 2) -> tuple[Path, dict[str, Path]]:

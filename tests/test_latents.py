@@ -75,15 +75,17 @@ def test_energy_gradient_moves_squared_norms_to_sqrt_a(scale):
 
 
 def test_pooled_statistics_leave_a_quiet_slot_alone():
-    """Slot 0 acts (latents spread with std > 1 per dim), slot 1 sits at one latent (up to 1% jitter). Pooled over
-    slots (model/latents.py), VCM's variance term is satisfied by slot 0 and pulls nothing on slot 1;
-    statistics per slot would push slot 1 to vary, i.e. to act."""
+    """Slot 0 acts (latents spread with std > 1 per dim), slot 1 sits at one latent (up to 1% jitter).
+    ``sparse_loss`` pools the slots of its input [M, K, A] (model/latents.py): VCM's variance term is
+    satisfied by slot 0 and pulls nothing on slot 1; statistics per slot would push slot 1 to vary, i.e.
+    to act."""
     gen = torch.Generator().manual_seed(0)
     acting = 3.0 * torch.randn(256, 1, 4, generator=gen)
     quiet = (0.5 + 0.01 * torch.randn(256, 1, 4, generator=gen)).requires_grad_()
     z = torch.cat([acting, quiet], 1)  # [M, K, A]
-    pooled = vcm(z.reshape(-1, 4), 0.1, 0.0, 0.0)["vcm_variance"]  # variance term only
-    (grad,) = torch.autograd.grad(pooled, quiet)
+    only_variance = dataclasses.replace(TINY, l1=0, l2=0, vcm_variance=0.1, vcm_covariance=0, vcm_mean=0)
+    loss, _ = sparse_loss(z, only_variance)
+    (grad,) = torch.autograd.grad(loss, quiet)
     assert grad.abs().max() == 0
     per_slot = sum(vcm(z[:, k], 0.1, 0.0, 0.0)["vcm_variance"] for k in range(2))
     (grad,) = torch.autograd.grad(per_slot, quiet)
@@ -142,7 +144,7 @@ def test_every_family_trains_one_step_of_every_latent_action_model(name, family)
 
 
 def test_latent_family_is_checked_and_only_kl_draws_noise():
-    with pytest.raises(ValueError, match="LAMConfig.latent"):
+    with pytest.raises(ValueError, match=r"LAMConfig\.latent"):
         LAMConfig(latent="gumbel")
     with pytest.raises(ValueError, match="l1"):
         LAMConfig(l1=-1.0)

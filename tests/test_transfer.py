@@ -98,7 +98,8 @@ def test_cycle_consistency_is_lossless_for_latents_that_transfer():
 def test_per_slot_moves_follow_the_agents():
     dst = torch.zeros(1, 3, 2)
     src = torch.arange(6.0).reshape(1, 3, 2)
-    # agent 0 sits in src slot 2 and dst slot 0, agent 1 in src slot 0 and dst slot 1; dst slot 2 keeps its own
+    # agent 0 sits in src slot 2 and dst slot 0, agent 1 in src slot 0 and dst slot 1; dst slot 2 keeps
+    # its own latent
     moved = _move(dst, src, torch.tensor([[0, 1]]), torch.tensor([[2, 0]]))
     torch.testing.assert_close(moved, torch.tensor([[[4.0, 5.0], [0.0, 1.0], [0.0, 0.0]]]))
 

@@ -65,24 +65,26 @@ def torchrun(script: str, config: Path, nproc: int, extra: list[str]) -> list[st
 
 def train_models(cfgs: list[Config], root: Path, nproc: int, jobs: int) -> None:
     """Train each model's run with ``train/lam.py`` in its own process, ``jobs`` at a time (each with
-    cores / jobs threads); logs in <root>/logs/<model>.log. A failed run stops everything, naming its log."""
+    cores / jobs threads); logs in <root>/logs/<run folder name>.log. A failed run stops everything,
+    naming its log."""
     logs = root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
     def run(cfg: Config) -> str:
-        config = root / f"{cfg.model}-config.yaml"
+        name = cfg.lam_run_dir.name  # the model's name here; a study's own name for each of its runs
+        config = root / f"{name}-config.yaml"
         save_config(cfg, config)
-        log = logs / f"{cfg.model}.log"
+        log = logs / f"{name}.log"
         start = time.perf_counter()
         with open(log, "w") as out:
             done = subprocess.run(
                 torchrun("train/lam.py", config, nproc, []), stdout=out, stderr=out, env=env
             )
         if done.returncode:
-            raise RuntimeError(f"training {cfg.model} failed (exit {done.returncode}); see {log}")
-        return f"{cfg.model} {time.perf_counter() - start:.0f}s"
+            raise RuntimeError(f"training {name} failed (exit {done.returncode}); see {log}")
+        return f"{name} {time.perf_counter() - start:.0f}s"
 
     with ThreadPoolExecutor(max_workers=jobs) as pool, tqdm(total=len(cfgs), desc="models") as bar:
         for finished in pool.map(run, cfgs):

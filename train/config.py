@@ -203,6 +203,25 @@ class ControllerConfig:
 
 
 @dataclass(frozen=True)
+class SweepConfig:
+    """``train/sweep.py``: capacity sweeps per latent family (paper 003's grids; the values between the
+    ends are our log-spaced choice, the paper's are not legible in our copy)."""
+
+    kl: tuple[float, ...] = (5e-3, 1e-3, 1e-4, 1e-5, 1e-6)  # beta: capacity grows as it falls
+    sparse: tuple[float, ...] = (0.4, 0.2, 0.1, 0.05, 0.025, 0.01)  # lambda_l1: capacity grows as it falls
+    vq: tuple[int, ...] = (16, 64, 256, 1024, 4096, 32768)  # codebook size: capacity grows with it
+    windows: int = 256  # test windows of lam.max_frames frames for the one-step IDM error (0 = all)
+    out: str = ""  # "" -> runs/sweep-<dataset>-<model>[-brief]
+
+    def __post_init__(self) -> None:
+        if not (self.kl and self.sparse and self.vq) or min(self.kl) < 0 or min(self.sparse) < 0:
+            raise ConfigError("config keys 'sweep.kl', 'sweep.sparse', 'sweep.vq' need values >= 0")
+        if min(self.vq) < 1:
+            raise ConfigError(f"config key 'sweep.vq' lists codebook sizes >= 1, got {self.vq}")
+        at_least("sweep", self, 0, "windows")
+
+
+@dataclass(frozen=True)
 class PlanConfig:
     """``train/plan.py``: MultiGrid goal reaching with MPC through each world model (paper 003)."""
 
@@ -258,6 +277,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def __post_init__(self) -> None:
         # FLAM's factorizer has one learned time embedding per position of its window: training on shorter

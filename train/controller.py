@@ -237,7 +237,7 @@ def fit(bound: BoundController, ex: Examples, cfg: Config, device, curve_path: P
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if (step + 1) % 50 == 0 or step + 1 == cc.steps:
             lines.append(f"{step + 1},{np.mean(losses[-50:]):.6g}")
     curve_path.write_text("\n".join(lines) + "\n")
