@@ -6,12 +6,12 @@
 One planning step of ``train/plan.py`` (``train/planner.py``): observe (slot-agent matching on the
 context for a factored model), then search: exhaustive over 4^H sequences (H = 4: 256 candidates) or
 categorical CEM (H = 8, 128 samples x 3 rounds), each round one batched rollout of every candidate driven
-by the controller (an adapter as wide as the model, reading the state at every step; the World Model: action
-tokens), snapped to
-the FSQ grid, and the feature-space cost. The baseline is the bare batched forward: ``model.rollout`` of
-the same number of candidates and steps from the same context with precomputed latent actions (for CEM,
-as many rollouts as rounds). Ratio = planning steps/s / bare forwards/s (DESIGN target >= 0.8): what the
-planner adds on top of the world model's own forward (controller, matching, cost, search).
+by the controller (an adapter as wide and deep as the model, reading the state at every step; the World
+Model: action tokens), snapped to the FSQ grid, and the feature-space cost. The baseline is the bare
+batched forward: ``model.rollout`` of the same number of candidates and steps from the same context with
+precomputed latent actions (for CEM, as many rollouts as rounds). Ratio = planning steps/s / bare
+forwards/s (DESIGN target >= 0.8): what the planner adds on top of the world model's own forward
+(controller, matching, cost, search).
 
 Randomly initialised models (speed does not depend on the weights). Each measure runs ``--repeats`` times
 after a warm-up, interleaved (order rotated); medians are reported, with CPU seconds. Writes
@@ -77,7 +77,9 @@ def imagination(name: str, args, device) -> tuple[ModelImagination, object]:
             "out_dim": model.action_dim,
             "state_dim": args.dim,
         }
-        net = Controller("adapter", spec["actors"] * 7, spec["out_dim"], args.dim, width=args.dim, depth=2)
+        net = Controller(
+            "adapter", spec["actors"] * 7, spec["out_dim"], args.dim, width=args.dim, depth=args.depth
+        )
         steer = controller_steer(BoundController(net.to(device).eval(), model, spec))
     return ModelImagination(model, fsq, steer, ACTIONS, NOOP, cells=(8, 8), tokens=(side, side)), model
 

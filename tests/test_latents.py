@@ -179,3 +179,40 @@ def test_rollout_driven_by_a_function_of_the_state(name):
             model.rollout(x[:, :1], controller)
         with pytest.raises(ValueError, match="actions must be"):
             model.rollout(x[:, :1], lambda i, s: actions[:, i, :1, :2], steps=1)
+
+
+@pytest.mark.torchrun
+def test_sparse_statistics_span_ranks_two_ranks_equal_one_process(
+    tiny_data, tiny_tokenizer, tiny_cache, tmp_path
+):
+    """VCM is a batch statistic: under torchrun it is taken over the global batch (a differentiable
+    all-gather), so 2 ranks train the same weights as one process with the whole batch. (Attention key
+    biases are left out: their gradient is zero in exact arithmetic, so Adam turns rounding noise into
+    ~1e-5 steps there, in one process and two alike.)"""
+    import subprocess
+
+    from train import lam as train_lam
+    from train.config import load_config
+
+    from .conftest import REPO
+    from .test_train_lam import ENV, final_weights, overrides, torchrun
+
+    cache = (tiny_data, tiny_tokenizer)
+    extra = ("model=flam", "lam.latent=sparse")
+    train_lam.main(load_config(REPO / "configs/demo.yaml", overrides(cache, tmp_path / "one", 3, *extra)))
+    subprocess.run(
+        torchrun(overrides(cache, tmp_path / "two", 3, *extra), extra=["--standalone"]),
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        env=ENV,
+    )
+    (s1, w1), (s2, w2) = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
+    assert s1 == s2 == 3
+    for name, tensor in w1.items():
+        other = w2[name]
+        if name.endswith("qkv.bias"):
+            q, _, v = tensor.chunk(3)
+            q2, _, v2 = other.chunk(3)
+            tensor, other = torch.cat([q, v]), torch.cat([q2, v2])
+        torch.testing.assert_close(other, tensor, rtol=1e-4, atol=1e-5, msg=name)

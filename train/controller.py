@@ -46,6 +46,7 @@ from model.fsq import FSQ
 from model.latents import FAMILIES
 from model.metrics import psnr, to_unit
 from shards.config import merge, parse_overrides, to_dict
+from shards.files import exclusive
 from shards.tokens import TokenCache, TokenWindows, cache_dir, file_id
 from train.agent_slots import agent_slots, grid_cells
 from train.common import Checkpoints, load_checkpoint, load_tokenizer, load_world_model, warmup_cosine
@@ -351,11 +352,17 @@ def main(run: str | Path, overrides: list[str] | None = None) -> Path:
     run = Path(run)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, cfg, world_id = load_run(run, list(overrides or []), device)
-    cc = cfg.controller
     folder = out_dir(run, cfg)
-    if is_current(folder, run, cfg):
-        print(f"controller {folder} is current for {run}: kept")
-        return folder
+    with exclusive(folder, f"train/controller.py --run {run}"):  # one writer per controller folder
+        if is_current(folder, run, cfg):
+            print(f"controller {folder} is current for {run}: kept")
+            return folder
+        return fit_and_save(run, model, cfg, world_id, folder, device)
+
+
+def fit_and_save(run: Path, model, cfg: Config, world_id: str, folder: Path, device) -> Path:
+    """Collect the labelled pairs, fit, validate, save (see the module docstring) -> ``folder``."""
+    cc = cfg.controller
     start = time.perf_counter()
     tokenizer_id = file_id(cfg.tokenizer_checkpoint)
     cache = TokenCache(cache_dir(cfg.data.root, cfg.data.dataset, tokenizer_id, "train"))

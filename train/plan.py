@@ -46,6 +46,7 @@ from tqdm import tqdm
 from model.fsq import FSQ
 from model.latents import FAMILIES
 from shards.config import merge, parse_overrides, split_overrides, to_dict
+from shards.files import exclusive
 from shards.manifest import load_manifest
 from shards.tokens import file_id
 from train import compare
@@ -310,6 +311,12 @@ def main(
         compare.train_models(models, root, nproc, jobs=2 if brief else 1)
         runs = [m.lam_run_dir for m in models]
         out = Path(cfg.plan.out or f"runs/plan-{cfg.data.dataset}{'-brief' if brief else ''}")
+    with exclusive(out, "train/plan.py"):  # one writer per output folder
+        return benchmark(runs, cfg, out, device, start)
+
+
+def benchmark(runs: list[Path], cfg: Config, out: Path, device: torch.device, start: float) -> Path:
+    """Rows, episodes, reports (see the module docstring) -> ``out``."""
     pc = cfg.plan
     tokenizers = {str(run_config(r).tokenizer_checkpoint) for r in runs}
     if len(tokenizers) > 1:
