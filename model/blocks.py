@@ -80,12 +80,13 @@ class AdaptiveGroupNorm(nn.Module):
 
 
 class DepthToSpaceUpsample(nn.Module):
-    """conv3x3 to 4C channels, then rearrange each 2x2 channel group into space.
-    [N, C, H, W] -> [N, C, 2H, 2W]."""
+    """conv3x3 to 4C' channels, then rearrange each 2x2 channel group into space (C' = out_channels, default
+    C). [N, C, H, W] -> [N, C', 2H, 2W]. Each output pixel of a 2x2 block has its own filters, so a decoder
+    can draw a sprite's exact pixels from one code (nearest upsampling repeats a value over the block)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, out_channels: int | None = None) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, 4 * channels, 3, padding=1)
+        self.conv = nn.Conv2d(channels, 4 * (out_channels or channels), 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
         return rearrange(self.conv(x), "n (c r s) h w -> n c (h r) (w s)", r=2, s=2)

@@ -34,13 +34,14 @@ from model.blocks import AdaptiveGroupNorm, DepthToSpaceUpsample, ImpalaResBlock
 from model.fsq import FSQ
 
 RECON_LOSSES = ("mse", "l1", "l1+mse")
+UPSAMPLERS = {"nearest": NearestUpsample, "depth_to_space": DepthToSpaceUpsample}
 
 
 @dataclass(frozen=True)
 class TokenizerConfig:
     """Frame tokenizer hyperparameters. Saved in the tokenizer checkpoint; rebuild from there."""
 
-    arch: str = "impala"  # "impala" (simulators) | "magvit" (real frames); see ARCHS
+    arch: str = "impala"  # "impala" (simulators) | "magvit" (real frames) | "patch"; see ARCHS
     image_size: int = 128  # square frames H = W = image_size
     levels: tuple[int, ...] = (4, 4, 4, 4, 4)  # FSQ levels; codebook = prod(levels)
     channels: tuple[int, ...] = (64, 128, 128)  # width per stage; each stage downsamples x2
@@ -50,6 +51,11 @@ class TokenizerConfig:
     # Pixel loss on [-1, 1] frames, no perceptual/GAN term (no pretrained weights offline):
     # "mse" = paper Eq. 1; "l1" = sharper edges, less blur on flat sprites; "l1+mse" = their sum.
     recon_loss: str = "mse"
+    # IMPALA decoder's x2 upsampling: "nearest" (nearest + conv) | "depth_to_space" (conv + pixel shuffle,
+    # MAGVIT-v2's upsampler): per-pixel filters inside each 2x2 block, which draws flat sprites exactly.
+    upsample: str = "nearest"
+    # "patch" only: side of the square pixel patch each token encodes on its own (the token grid's stride).
+    patch_size: int = 0
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -63,6 +69,8 @@ class TokenizerConfig:
             )
         if not self.channels or any(c < 1 for c in self.channels):
             raise ValueError(f"tokenizer channels must be non-empty positive integers, got {self.channels}")
+        if (self.arch == "patch") != (self.patch_size > 0):
+            raise ValueError(f"patch_size > 0 is for arch 'patch' only, got arch {self.arch!r}, {self.patch_size}")
         if self.image_size < 1 or self.image_size % self.downsample:
             raise ValueError(
                 f"image_size {self.image_size} is not divisible by the total downsampling "
@@ -77,13 +85,15 @@ class TokenizerConfig:
                 f"magvit: num_groups {self.num_groups} must divide every stage width "
                 f"in channels {self.channels}"
             )
+        if self.upsample not in UPSAMPLERS:
+            raise ValueError(f"tokenizer upsample {self.upsample!r} unknown; choose one of {sorted(UPSAMPLERS)}")
         if self.recon_loss not in RECON_LOSSES:
             raise ValueError(f"recon_loss {self.recon_loss!r} unknown; choose one of {RECON_LOSSES}")
 
     @property
     def downsample(self) -> int:
-        """Frame-to-token stride: 2**len(channels)."""
-        return 2 ** len(self.channels)
+        """Frame-to-token stride: 2**len(channels) (``patch``: patch_size)."""
+        return self.patch_size if self.arch == "patch" else 2 ** len(self.channels)
 
     @property
     def grid_size(self) -> int:
@@ -150,7 +160,7 @@ class ImpalaDecoder(nn.Module):
         layers: list[nn.Module] = [nn.Conv2d(cfg.latent_dim, widths[0], 3, padding=1)]
         for c, c_out in zip(widths, (*widths[1:], widths[-1]), strict=True):
             layers += [ImpalaResBlock(c) for _ in range(cfg.num_res_blocks)]
-            layers += [nn.ReLU(), NearestUpsample(c, c_out)]
+            layers += [nn.ReLU(), UPSAMPLERS[cfg.upsample](c, c_out)]
         layers += [nn.ReLU(), nn.Conv2d(widths[-1], 3, 3, padding=1)]
         self.net = nn.Sequential(*layers)
 
@@ -204,10 +214,45 @@ class MagvitDecoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(x)))
 
 
+class PatchEncoder(nn.Module):
+    """Each token encodes its own p x p patch and nothing else: a stride-p conv (a linear map of the patch)
+    then per-token 1x1 convs through ``channels``. For grid worlds rendered with p-pixel cells the tokens
+    are the cells, and a cell's code does not change when a neighbour does."""
+
+    def __init__(self, cfg: TokenizerConfig) -> None:
+        super().__init__()
+        p, widths = cfg.patch_size, cfg.channels
+        layers: list[nn.Module] = [nn.Conv2d(3, widths[0], p, stride=p)]
+        for c_in, c_out in zip(widths, (*widths[1:], cfg.latent_dim), strict=True):
+            layers += [nn.GELU(), nn.Conv2d(c_in, c_out, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class PatchDecoder(nn.Module):
+    """Mirror of PatchEncoder: per-token 1x1 convs, then each token draws its own p x p patch (conv to
+    3 p^2 channels, depth-to-space)."""
+
+    def __init__(self, cfg: TokenizerConfig) -> None:
+        super().__init__()
+        widths = cfg.channels[::-1]
+        layers: list[nn.Module] = [nn.Conv2d(cfg.latent_dim, widths[0], 1)]
+        for c_in, c_out in zip(widths, (*widths[1:], 3 * cfg.patch_size**2), strict=True):
+            layers += [nn.GELU(), nn.Conv2d(c_in, c_out, 1)]
+        self.net = nn.Sequential(*layers)
+        self.patch = cfg.patch_size
+
+    def forward(self, z: Tensor) -> Tensor:
+        return rearrange(self.net(z), "n (c r s) h w -> n c (h r) (w s)", r=self.patch, s=self.patch)
+
+
 # Visible name -> (encoder, decoder) classes; TokenizerConfig.arch picks one.
 ARCHS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
     "impala": (ImpalaEncoder, ImpalaDecoder),
     "magvit": (MagvitEncoder, MagvitDecoder),
+    "patch": (PatchEncoder, PatchDecoder),
 }
 
 

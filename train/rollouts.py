@@ -103,7 +103,10 @@ def rollout_validation(
     model.train(was_training)
     p = psnr(to_unit(out["pred"]), to_unit(out["target"])).clamp(max=100)  # [B, n]
     s = ssim(to_unit(out["pred"]), to_unit(out["target"]))
-    copy = psnr(to_unit(out["target"][:, :1].expand_as(out["target"])), to_unit(out["target"])).clamp(max=100)
+    # The floor: frame 0 (the context the rollout starts from, decoded) held still. out["target"] starts at
+    # frame 1, so holding its first frame would score the first step as identical (100 dB).
+    first = decode_features(tokenizer, features[:, :1], cache.info.grid).expand_as(out["target"])
+    copy = psnr(to_unit(first), to_unit(out["target"])).clamp(max=100)
     scores = {
         "val/rollout_psnr": float(p.mean()),
         "val/rollout_ssim": float(s.mean()),
