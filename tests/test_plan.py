@@ -162,7 +162,6 @@ def test_benchmark_writes_every_row_deterministically(small_world, tmp_path):
         "FLAM + controller (0.02k)",
         "FLAM + controller (0.04k)",
         "FLAM + controller (0.04k), slot cost",
-        "Genie + controller (0.02k)",
         "Genie + controller (0.04k)",
         "Random",
     ]

@@ -236,7 +236,7 @@ class PlanConfig:
     cem_samples: int = 128
     cem_iters: int = 3
     cem_elites: int = 16
-    labels: tuple[int, ...] = (1000, 10000)  # a controller per latent-action run and label count
+    labels: tuple[int, ...] = (1000, 10000)  # controllers: factored runs one per count, scene runs the most
     controller: str = "adapter"  # controller.kind of those controllers
     slot_cost: bool = True  # a per-slot cost row for factored models (with the most labels)
     agent: int = 0  # the controlled agent

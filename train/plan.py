@@ -17,8 +17,9 @@ categorical CEM), executes the first action in the simulator and replans. The ot
 stand still in every imagination.
 
 Rows: the oracle (the simulator as world model, same cost), World Model (true actions), every latent-action
-run with a controller per label count (``plan.labels``; ``train/controller.py``, trained here when missing or
-stale), for factored runs also the per-slot cost (the controlled agent's matched slot), and random actions.
+run with a controller (``train/controller.py``, trained here when missing or stale): factored runs one per
+label count of ``plan.labels`` and the per-slot cost (the controlled agent's matched slot) at the most
+labels, scene-latent runs (Genie, AdaWorld) at the most labels; and random actions.
 Metrics over ``plan.episodes`` x ``plan.seeds``: success rate (mean +- std over seeds), final distance (cells,
 Manhattan), steps, planning milliseconds per step. All rows see the same episodes (start, goal, others'
 random draws). Writes ``<out>/scores.json``, ``plan.md``, ``plan.png`` and ``videos/``.
@@ -241,7 +242,8 @@ def build_rows(runs: list[Path], task: Task, cells, tokens) -> list[Row]:
         if model.latent not in FAMILIES:
             print(f"plan: {run} ({config['model']}) has no actions to plan with: skipped")
             continue
-        for labels in pc.labels:
+        # The issue's rows: FLAM (factored) with every label count, the scene-latent models with the most.
+        for labels in pc.labels if model.factored else [max(pc.labels)]:
             args = [*controller_args, f"controller.kind={pc.controller}", f"controller.labels={labels}"]
             folder = controllers.main(run, [*args, f"data.root={task.cfg.data.root}"])
             bound = controllers.load_controller(folder, run, device, model=model)
