@@ -22,7 +22,7 @@ TOKENIZER   ?=
 LAUNCH       = $(if $(filter 1,$(NPROC)),$(PY),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC))
 
 .DEFAULT_GOAL := help
-.PHONY: help demo setup test test-all lint format ingest tokenizer precompute train evaluate compare sweep controller plan bench-ingest bench-loader bench-plan clean-data
+.PHONY: help demo setup test test-all lint format ingest tokenizer precompute train evaluate compare sweep controller plan expert policy bench-ingest bench-loader bench-plan bench-expert clean-data
 MODEL       ?= flam
 BRIEF       ?= 1
 RUNS        ?=
@@ -95,6 +95,16 @@ plan: $(STAMP)  ## MultiGrid planning with RUNS="..." (none: make compare's mode
 
 bench-plan: $(STAMP)  ## planning steps/s vs a bare batched forward of the same world model
 	$(PY) bench/plan.py
+
+expert: $(STAMP)  ## train the RL expert (PPG) on a Procgen DATASET -> runs/expert-<game>/ (resumable; ARGS=)
+	$(PY) train/expert.py --config $(CONFIG) $(ARGS)
+
+policy: BRIEF = 0
+policy: $(STAMP)  ## expert, demos, world models, pseudo-labels, BC -> Table 4 (full size; BRIEF=1: CPU minutes)
+	$(PY) train/policy.py --config $(CONFIG) $(if $(filter 1,$(BRIEF)),--brief) --nproc $(NPROC) $(ARGS)
+
+bench-expert: $(STAMP)  ## expert env-steps/s vs the bare batched Procgen env stepping random actions
+	$(PY) bench/expert.py
 
 bench-loader: $(STAMP)  ## loader clips/s vs a bare decord loop over the same shards
 	$(PY) bench/loader.py

@@ -20,12 +20,15 @@ from ingest.config import IngestConfig
 from ingest.episode import Episode
 from shards.format import (
     ACTIONS_KEY,
+    DONES_KEY,
     META_KEY,
     POSITIONS_KEY,
+    REWARDS_KEY,
     SPLIT_FRACTIONS,
     SPLITS,
     ClipMeta,
     npy_bytes,
+    obs_key,
     sample_key,
     shard_name,
 )
@@ -47,6 +50,9 @@ class Unit:
     segments: Iterable[Episode] = field(default_factory=list)
     skips: list[SkipRecord] = field(default_factory=list)
     name: str = ""  # how skips and meta refer to the unit
+    episode_return: float | None = (
+        None  # summed over the segments' rewards by encode_unit, when they have any
+    )
 
 
 def episode_seed(seed: int, index: int) -> int:
@@ -124,7 +130,8 @@ class EncodedClip:
 def encode_unit(cfg: IngestConfig, index: int, unit: Unit) -> tuple[list[EncodedClip], int]:
     """Cut every segment into non-overlapping clips of ``clip_len`` and encode them.
 
-    Returns the clips (meta split left as "" until assignment) and the count of tail frames dropped.
+    Returns the clips (meta split left as "" until assignment) and the count of tail frames dropped;
+    sets ``unit.episode_return`` (every frame's reward, dropped tails included) when segments have rewards.
     """
     codec = get_codec(cfg.codec)
     clips, dropped, clip_no = [], 0, 0
@@ -133,6 +140,8 @@ def encode_unit(cfg: IngestConfig, index: int, unit: Unit) -> tuple[list[Encoded
     for seg_no, seg in enumerate(unit.segments):
         n = seg.num_frames // cfg.clip_len
         dropped += seg.num_frames - n * cfg.clip_len
+        if seg.rewards is not None:
+            unit.episode_return = (unit.episode_return or 0.0) + float(np.sum(seg.rewards, dtype=np.float64))
         for c in range(n):
             lo, hi = c * cfg.clip_len, (c + 1) * cfg.clip_len
             frames = seg.frames[lo:hi]
@@ -141,6 +150,13 @@ def encode_unit(cfg: IngestConfig, index: int, unit: Unit) -> tuple[list[Encoded
                 members[ACTIONS_KEY] = npy_bytes(seg.actions[lo:hi].astype(np.int64))
             if seg.positions is not None:
                 members[POSITIONS_KEY] = npy_bytes(seg.positions[lo:hi].astype(np.int64))
+            if seg.rewards is not None:
+                members[REWARDS_KEY] = npy_bytes(seg.rewards[lo:hi].astype(np.float32))
+                members[DONES_KEY] = npy_bytes(seg.dones[lo:hi].astype(bool))
+            if seg.obs is not None:  # same codec as the frames: lossless stays lossless
+                members[obs_key(codec.ext)] = encode_frames(
+                    seg.obs[lo:hi], cfg.codec, fps=seg.fps, crf=cfg.crf
+                )
             info = dict(seg.info)
             info.update({k: list(v[lo:hi]) for k, v in seg.frame_info.items()})
             if several:
@@ -161,6 +177,8 @@ def encode_unit(cfg: IngestConfig, index: int, unit: Unit) -> tuple[list[Encoded
                 video_ext=codec.ext,
                 has_actions=seg.actions is not None,
                 has_positions=seg.positions is not None,
+                has_rewards=seg.rewards is not None,
+                has_obs=seg.obs is not None,
                 info=info,
             )
             clips.append(EncodedClip(sample_key(cfg.dataset, index, clip_no), members, meta, cfg.clip_len))
@@ -178,7 +196,7 @@ def run_block(
     dataset_dir = Path(dataset_dir)
     load = UNIT_LOADERS[cfg.source_kind]
     record = BlockRecord(block=block)
-    encoded: list[tuple[int, list[EncodedClip]]] = []
+    encoded: list[tuple[int, list[EncodedClip], float | None]] = []
     for index in block_units(cfg, block):
         unit = load(cfg, index)
         clips, dropped = encode_unit(cfg, index, unit)
@@ -193,22 +211,22 @@ def run_block(
         if not clips:
             record.episodes.append(EpisodeRecord(index, None, 0, 0))
         else:
-            encoded.append((index, clips))
+            encoded.append((index, clips, unit.episode_return))
         if on_unit is not None:
             on_unit(1, frames)
 
     if cfg.unit_splits:
-        splits = [cfg.unit_splits[index] for index, _ in encoded]
+        splits = [cfg.unit_splits[index] for index, _, _ in encoded]
     else:
-        splits = assign_splits([sum(c.num_frames for c in clips) for _, clips in encoded], cfg.seed, block)
-    for (index, clips), split in zip(encoded, splits, strict=True):
-        record.episodes.append(EpisodeRecord(index, split, sum(c.num_frames for c in clips), len(clips)))
+        splits = assign_splits([sum(c.num_frames for c in clips) for _, clips, _ in encoded], cfg.seed, block)
+    for (index, clips, ret), split in zip(encoded, splits, strict=True):
+        record.episodes.append(EpisodeRecord(index, split, sum(c.num_frames for c in clips), len(clips), ret))
     record.episodes.sort(key=lambda e: e.episode)
 
     for split in SPLITS:
         members = [
             (clip, split)
-            for (_, clips), s in zip(encoded, splits, strict=True)
+            for (_, clips, _), s in zip(encoded, splits, strict=True)
             if s == split
             for clip in clips
         ]

@@ -10,11 +10,12 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from ingest.multigrid import MultiGridConfig
 from ingest.nuplan import NuplanConfig, count_frames_per_log, resolve_source
-from ingest.procgen import PROCGEN_GAMES, ProcgenConfig
+from ingest.procgen import POLICIES, PROCGEN_GAMES, ProcgenConfig
 from shards.config import ConfigError, apply_overrides, from_dict, to_dict
 from shards.video import CODECS
 
@@ -180,9 +181,22 @@ def _resolve_nuplan(cfg: IngestConfig, overrides: dict[str, Any]) -> IngestConfi
     return replace(cfg, source=source, episodes=len(source.db_paths), unit_splits=tuple(splits))
 
 
-# Per source kind: fill in what only the data on disk can tell (log lists, unit sizes, fixed splits).
-# Called by build_config with the resolved config and the user's top-level overrides.
-RESOLVERS: dict[str, Callable[[IngestConfig, dict[str, Any]], IngestConfig]] = {"nuplan": _resolve_nuplan}
+def _resolve_procgen(cfg: IngestConfig, overrides: dict[str, Any]) -> IngestConfig:
+    """A policy checkpoint is named by its file, not by a link such as ``ckpt/latest`` that moves while the
+    expert trains: the resolved path goes into the dataset's config (and manifest), so a rerun with a
+    retrained expert is a different dataset, refused rather than mixed."""
+    policy = cfg.source.policy
+    if policy in POLICIES:
+        return cfg
+    return replace(cfg, source=replace(cfg.source, policy=str(Path(policy).resolve(strict=True))))
+
+
+# Per source kind: fill in what only the data on disk can tell (log lists, unit sizes, fixed splits,
+# policy checkpoints). Called by build_config with the resolved config and the user's top-level overrides.
+RESOLVERS: dict[str, Callable[[IngestConfig, dict[str, Any]], IngestConfig]] = {
+    "nuplan": _resolve_nuplan,
+    "procgen": _resolve_procgen,
+}
 
 
 __all__ = ["DATASETS", "IngestConfig", "RunOptions", "build_config", "preset"]

@@ -6,10 +6,12 @@ show the same state, the 512 render downscaled to 64 differs from ``obs["rgb"]``
 pixel on average, against 1-6/255 for the neighbouring step).
 
 Alignment (the ``Episode`` convention): ``frames[t]`` is the state at step t and ``actions[t]`` the
-action applied to it, producing ``frames[t + 1]``. gym3 resets automatically, so the terminal state
-is never observed: after the last action the next observation (``first=True``) is the first frame of
-the next episode and is dropped. ``actions[T - 1]`` is therefore the action that ended the episode
-(or, when truncated, the one applied to the last kept frame).
+action applied to it, producing ``frames[t + 1]``; ``rewards[t]`` is what that action earned and
+``dones[t]`` whether the episode ended with it; ``obs[t]`` is the 64x64 view the policy acted on.
+gym3 resets automatically, so the terminal state is never observed: after the last action the next
+observation (``first=True``) is the first frame of the next episode and is dropped. ``actions[T - 1]``
+is therefore the action that ended the episode (or, when truncated, the one applied to the last kept
+frame).
 
 ``procgen`` is imported lazily: importing it pulls in gym3 and the old ``gym`` (with a deprecation
 banner on stderr) and its first environment in a process loads the assets (1.5-3 s, once).
@@ -96,8 +98,14 @@ class ProcgenConfig:
     use_backgrounds: bool = False
     resolution: int = 224  # output frames are resolution x resolution, box-filtered from the 512 render
     max_episode_len: int = 500  # frames; longer episodes are cut (info["truncated"] = True)
+    # A name in POLICIES, or the path of a policy checkpoint (train/expert.py's, or a BC policy's):
+    # actions are then sampled from that network, seeded per episode.
     policy: str = "random"
     fps: float = 15.0
+    # Levels episodes are drawn from: num_levels = 0 is every level (a hash of the episode seed), else
+    # [start_level, start_level + num_levels), e.g. expert demos on levels the BC policy is never scored on.
+    start_level: int = 0
+    num_levels: int = 0
 
     def __post_init__(self) -> None:
         if self.game not in PROCGEN_GAMES:
@@ -122,10 +130,37 @@ class ProcgenConfig:
             )
         if self.max_episode_len < 1:
             raise ValueError(f"max_episode_len must be >= 1, got {self.max_episode_len}")
-        if self.policy not in POLICIES:
-            raise ValueError(f"unknown Procgen policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
+        if self.policy not in POLICIES and not Path(self.policy).exists():
+            raise ValueError(
+                f"unknown Procgen policy {self.policy!r}: neither one of {', '.join(POLICIES)} nor an "
+                "existing policy checkpoint (train an expert first: make expert DATASET=<game> writes "
+                "runs/expert-<game>/ckpt/latest)"
+            )
         if not self.fps > 0:
             raise ValueError(f"fps must be > 0, got {self.fps}")
+        check_level_range(self.start_level, self.num_levels, "source.")
+
+
+MAX_LEVEL = 2**31  # procgen level seeds are int32
+
+
+def check_level_range(start_level: int, num_levels: int, prefix: str = "") -> None:
+    """Refuse a level range procgen cannot play; num_levels = 0 means every level (start_level 0)."""
+    if start_level < 0 or num_levels < 0 or start_level + num_levels > MAX_LEVEL:
+        raise ValueError(
+            f"{prefix}start_level={start_level}, {prefix}num_levels={num_levels} is not a range of procgen "
+            f"levels: both must be >= 0 and their sum <= 2**31"
+        )
+    if num_levels == 0 and start_level:
+        raise ValueError(
+            f"{prefix}start_level={start_level} needs {prefix}num_levels > 0 ({prefix}num_levels=0 means "
+            "every level, which starts at 0)"
+        )
+
+
+def level_of(level_hash: int, start_level: int, num_levels: int) -> int:
+    """The level an episode plays: its hash in [0, 2**31) itself, or mapped into the configured range."""
+    return level_hash if num_levels == 0 else start_level + level_hash % num_levels
 
 
 def frame_shape(cfg: ProcgenConfig) -> tuple[int, int, int]:
@@ -188,12 +223,40 @@ class StickyRandomPolicy(RandomPolicy):
         return self._prev
 
 
-# name -> factory(cfg, num_actions). The one place a policy name is resolved.
+class CheckpointPolicy:
+    """A trained policy network (expert or BC) acting on the 64x64 view: actions are sampled from its
+    softmax with the episode's own generator (inverse CDF of one uniform draw per step), so an episode
+    is a function of its seed. The network runs single-threaded (ingest parallelises over episodes, and
+    one thread keeps its float sums, hence its samples, identical on every machine)."""
+
+    def __init__(self, cfg: ProcgenConfig, num_actions: int) -> None:
+        from train.policy_io import load_policy_cached
+
+        self.net = load_policy_cached(cfg.policy)
+        self.net.check_env(cfg.game, cfg.distribution_mode, cfg.use_backgrounds, num_actions)
+        self._rng = np.random.default_rng(0)
+
+    def reset(self, seed: int) -> None:
+        self._rng = np.random.default_rng(seed)
+
+    def act(self, obs64: np.ndarray) -> int:
+        probs = self.net.probs_one_thread(obs64[None])[0]  # float64 [num_actions]
+        cdf = np.cumsum(probs)
+        return int(min(np.searchsorted(cdf, self._rng.random() * cdf[-1], side="right"), len(probs) - 1))
+
+
+# name -> factory(cfg, num_actions). The one place a policy name is resolved (``make_policy``).
 PolicyFactory = Callable[[ProcgenConfig, int], Policy]
 POLICIES: dict[str, PolicyFactory] = {
     "random": lambda cfg, num_actions: RandomPolicy(num_actions),
     "sticky_random": lambda cfg, num_actions: StickyRandomPolicy(num_actions),
 }
+
+
+def make_policy(cfg: ProcgenConfig, num_actions: int) -> Policy:
+    """``cfg.policy`` by name, else the checkpoint at that path."""
+    factory = POLICIES.get(cfg.policy, CheckpointPolicy)
+    return factory(cfg, num_actions)
 
 
 # --- rendering ------------------------------------------------------------------------------------
@@ -251,31 +314,64 @@ def _make_env(cfg: ProcgenConfig, level_seed: int, rand_seed: int) -> Any:
     )
 
 
+def make_batched_env(
+    game: str,
+    num: int,
+    *,
+    start_level: int = 0,
+    num_levels: int = 0,
+    seed: int = 0,
+    distribution_mode: str = "easy",
+    use_backgrounds: bool = False,
+    render: bool = False,
+) -> Any:
+    """Procgen's own batched env (gym3): ``num`` games stepped in C++ by ``env.act(int32 [num])``, then
+    ``rew, obs, first = env.observe()`` with ``obs["rgb"]`` uint8 [num, 64, 64, 3]. Episodes reset
+    automatically (``first`` marks a new one) on levels drawn from [start_level, start_level +
+    num_levels) by ``seed`` (num_levels = 0: every level). ``render`` adds the 512x512 frame to
+    ``get_info()`` (costly: only for videos)."""
+    check_level_range(start_level, num_levels)
+    return _procgen().ProcgenGym3Env(
+        num=num,
+        env_name=game,
+        start_level=start_level,
+        num_levels=num_levels,
+        distribution_mode=distribution_mode,
+        use_backgrounds=use_backgrounds,
+        render_mode="rgb_array" if render else None,
+        rand_seed=seed,
+    )
+
+
 def render_episode(cfg: ProcgenConfig, seed: int) -> Episode:
     """Play one level with ``cfg.policy`` until it ends or ``cfg.max_episode_len`` frames are collected.
 
-    Returns frames [T, R, R, 3] uint8 (R = cfg.resolution) and actions [T] int64, 1 <= T <=
-    max_episode_len. Deterministic: the same (cfg, seed) gives byte-identical frames and actions.
+    Returns frames [T, R, R, 3] uint8 (R = cfg.resolution), actions [T] int64, rewards [T] float32,
+    dones [T] bool and the policy's views obs [T, 64, 64, 3] uint8, 1 <= T <= max_episode_len.
+    Deterministic: the same (cfg, seed) gives byte-identical arrays.
     """
-    level_seed, rand_seed, policy_seed = episode_seeds(seed)
+    level_hash, rand_seed, policy_seed = episode_seeds(seed)
+    level_seed = level_of(level_hash, cfg.start_level, cfg.num_levels)
     env = _make_env(cfg, level_seed, rand_seed)
     try:
         num_actions = len(env.combos)
-        policy = POLICIES[cfg.policy](cfg, num_actions)
+        policy = make_policy(cfg, num_actions)
         policy.reset(policy_seed)
         frames: list[np.ndarray] = []
+        views: list[np.ndarray] = []
         actions: list[int] = []
-        episode_return = 0.0
+        rewards: list[float] = []
         _, obs, first = env.observe()
         while True:
             frames.append(_resize(env.get_info()[0]["rgb"], cfg.resolution))
-            action = policy.act(obs["rgb"][0].copy())
+            views.append(obs["rgb"][0].copy())
+            action = policy.act(views[-1].copy())
             if not 0 <= action < num_actions:
                 raise ValueError(f"policy {cfg.policy!r} returned action {action}, not in [0, {num_actions})")
             actions.append(int(action))
             env.act(np.array([action], dtype=np.int32))
             rew, obs, first = env.observe()
-            episode_return += float(rew[0])
+            rewards.append(float(rew[0]))
             # Stepping once past the cap tells a cut episode from one that ended exactly at the cap.
             if first[0] or len(frames) == cfg.max_episode_len:
                 break
@@ -292,10 +388,19 @@ def render_episode(cfg: ProcgenConfig, seed: int) -> Episode:
             "seed": int(seed),
             "truncated": truncated,
             "level_complete": level_complete,
-            "episode_return": episode_return,
+            "episode_return": float(np.sum(rewards, dtype=np.float64)),
             "action_names": action_names(env.combos),
         }
     finally:
         env.close()
-    actions_arr = np.asarray(actions, dtype=np.int64)
-    return Episode(frames=np.stack(frames), actions=actions_arr, fps=cfg.fps, info=info)
+    dones = np.zeros(len(actions), dtype=bool)
+    dones[-1] = not truncated  # the game ended it (died, finished, or its own time limit)
+    return Episode(
+        frames=np.stack(frames),
+        actions=np.asarray(actions, dtype=np.int64),
+        rewards=np.asarray(rewards, dtype=np.float32),
+        dones=dones,
+        obs=np.stack(views),
+        fps=cfg.fps,
+        info=info,
+    )

@@ -1,7 +1,8 @@
 """Shared building blocks. All conv blocks take and return [N, C, H, W] (N = folded batch, e.g. B*T).
 
 Conv blocks (frame tokenizer, ``model/tokenizer.py``):
-- ``ImpalaResBlock``: IMPALA-CNN residual block (Espeholt et al. 2018), ReLU, no normalisation.
+- ``ImpalaResBlock``: IMPALA-CNN residual block (Espeholt et al. 2018), ReLU, no normalisation;
+  ``impala_stages``: the IMPALA CNN's stages (conv, max-pool /2, residual blocks) as a layer list.
 - ``ResBlock``: MAGVIT-v2 / Open-MAGVIT2 residual block, GroupNorm + SiLU, bias-free convs.
 - ``AdaptiveGroupNorm``: MAGVIT-v2 decoder norm whose scale/shift come from the quantised latent.
 - ``DepthToSpaceUpsample``: conv to 4x channels then depth-to-space (MAGVIT-v2's decoder upsampler).
@@ -35,6 +36,17 @@ class ImpalaResBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.conv1(F.relu(self.conv0(F.relu(x))))
+
+
+def impala_stages(in_channels: int, channels: tuple[int, ...], num_res_blocks: int) -> list[nn.Module]:
+    """Per stage: conv3x3 to the stage width, max-pool 3x3 stride 2 (halves H and W), residual blocks.
+    A flat list so callers splice it into their own ``nn.Sequential`` (checkpoint keys stay flat)."""
+    layers: list[nn.Module] = []
+    for c in channels:
+        layers += [nn.Conv2d(in_channels, c, 3, padding=1), nn.MaxPool2d(3, stride=2, padding=1)]
+        layers += [ImpalaResBlock(c) for _ in range(num_res_blocks)]
+        in_channels = c
+    return layers
 
 
 class ResBlock(nn.Module):

@@ -30,7 +30,14 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from model.blocks import AdaptiveGroupNorm, DepthToSpaceUpsample, ImpalaResBlock, NearestUpsample, ResBlock
+from model.blocks import (
+    AdaptiveGroupNorm,
+    DepthToSpaceUpsample,
+    ImpalaResBlock,
+    NearestUpsample,
+    ResBlock,
+    impala_stages,
+)
 from model.fsq import FSQ
 
 RECON_LOSSES = ("mse", "l1", "l1+mse")
@@ -69,8 +76,12 @@ class TokenizerConfig:
             )
         if not self.channels or any(c < 1 for c in self.channels):
             raise ValueError(f"tokenizer channels must be non-empty positive integers, got {self.channels}")
-        if (self.arch == "patch") != (self.patch_size > 0):
-            raise ValueError(f"patch_size > 0 is for arch 'patch' only, got arch {self.arch!r}, {self.patch_size}")
+        if self.arch == "patch" and self.patch_size < 1:
+            raise ValueError(
+                f"arch 'patch' needs patch_size >= 1 (pixels per token side), got {self.patch_size}"
+            )
+        if self.arch != "patch" and self.patch_size:
+            raise ValueError(f"patch_size is for arch 'patch' only, got arch {self.arch!r}")
         if self.image_size < 1 or self.image_size % self.downsample:
             raise ValueError(
                 f"image_size {self.image_size} is not divisible by the total downsampling "
@@ -86,7 +97,9 @@ class TokenizerConfig:
                 f"in channels {self.channels}"
             )
         if self.upsample not in UPSAMPLERS:
-            raise ValueError(f"tokenizer upsample {self.upsample!r} unknown; choose one of {sorted(UPSAMPLERS)}")
+            raise ValueError(
+                f"tokenizer upsample {self.upsample!r} unknown; choose one of {sorted(UPSAMPLERS)}"
+            )
         if self.recon_loss not in RECON_LOSSES:
             raise ValueError(f"recon_loss {self.recon_loss!r} unknown; choose one of {RECON_LOSSES}")
 
@@ -137,13 +150,8 @@ def to_uint8(frames: Tensor) -> Tensor:
 class ImpalaEncoder(nn.Module):
     def __init__(self, cfg: TokenizerConfig) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        c_in = 3
-        for c in cfg.channels:
-            layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.MaxPool2d(3, stride=2, padding=1)]
-            layers += [ImpalaResBlock(c) for _ in range(cfg.num_res_blocks)]
-            c_in = c
-        layers += [nn.ReLU(), nn.Conv2d(c_in, cfg.latent_dim, 1)]
+        layers = impala_stages(3, tuple(cfg.channels), cfg.num_res_blocks)
+        layers += [nn.ReLU(), nn.Conv2d(cfg.channels[-1], cfg.latent_dim, 1)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:

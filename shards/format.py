@@ -8,7 +8,16 @@ One WebDataset sample is one clip of T consecutive frames. Members of sample ``<
                             ``actions[t]`` is the action taken at frame t, i.e. it moves frame t to t+1
                             (the last one leads out of the clip).
     <key>.positions.npy     MultiGrid agent grid positions [T, A, 2] int64 as (x, y) cells, at frame t.
+    <key>.rewards.npy       float32 [T], aligned with actions: ``rewards[t]`` is the reward received for
+                            ``actions[t]`` (Procgen; version 2).
+    <key>.dones.npy         bool [T]: ``dones[t]`` is True when the episode ended after ``actions[t]``
+                            (terminal or the game's own time limit; False where ingest cut the episode).
+    <key>.obs.mp4 | .obs.mkv  the policy's own observation of every frame when it is not the frame itself
+                            (Procgen: the 64x64 agent view beside the 224x224 render; version 2), same codec.
     <key>.json              ClipMeta as JSON (utf-8, sorted keys).
+
+Version 2 added rewards, dones and policy observations (``has_rewards``, ``has_obs``); version 1 shards
+read unchanged (those fields default to False).
 
 Keys are ``<dataset>-<episode:08d>-<clip:04d>`` (no dots: WebDataset splits key and extension at the
 first dot). Shards are ``<out>/<dataset>/<split>/<dataset>-<split>-NNNNNN.tar`` where NNNNNN is the index
@@ -26,15 +35,19 @@ from typing import Any
 
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)  # what this code reads; everything it writes is FORMAT_VERSION
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 
 VIDEO_EXTS = ("mp4", "mkv")
 ACTIONS_KEY = "actions.npy"
 POSITIONS_KEY = "positions.npy"
+REWARDS_KEY = "rewards.npy"
+DONES_KEY = "dones.npy"
+OBS_PREFIX = "obs"  # policy observations: member "obs.<video_ext>", see obs_key
 META_KEY = "json"
-MEMBER_ORDER = (*VIDEO_EXTS, ACTIONS_KEY, POSITIONS_KEY, META_KEY)
+MEMBER_ORDER = (*VIDEO_EXTS, ACTIONS_KEY, POSITIONS_KEY, REWARDS_KEY, DONES_KEY, META_KEY)
 
 _KEY_RE = re.compile(r"^[a-z0-9_]+-\d{8}-\d{4}$")
 
@@ -47,6 +60,20 @@ def sample_key(dataset: str, episode: int, clip: int) -> str:
             f"invalid sample key {key!r}: dataset names are [a-z0-9_]+, indices are non-negative"
         )
     return key
+
+
+def obs_key(video_ext: str) -> str:
+    """Member extension of the policy observations of a clip whose video is ``video_ext``."""
+    return f"{OBS_PREFIX}.{video_ext}"
+
+
+def check_readable(version: object, where: str) -> None:
+    """Refuse a format version this code cannot read, naming ``where`` it came from and the fix."""
+    if version not in READABLE_FORMAT_VERSIONS:
+        raise ValueError(
+            f"{where} has format_version {version}, this code reads {list(READABLE_FORMAT_VERSIONS)}: "
+            "re-ingest the dataset or use a matching version of this package"
+        )
 
 
 def shard_name(dataset: str, split: str, index: int) -> str:
@@ -81,6 +108,8 @@ class ClipMeta:
     has_positions: bool
     info: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    has_rewards: bool = False  # rewards.npy and dones.npy members (version 2)
+    has_obs: bool = False  # an obs.<video_ext> member with the policy's observations (version 2)
 
     def to_json(self) -> bytes:
         return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":")).encode()
@@ -88,12 +117,8 @@ class ClipMeta:
     @classmethod
     def from_json(cls, data: bytes | str) -> ClipMeta:
         raw = json.loads(data)
-        version = raw.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ValueError(
-                f"clip meta has format_version {version}, this code reads {FORMAT_VERSION}: "
-                "re-ingest the shards or use a matching version of this package"
-            )
+        if isinstance(raw, dict):
+            check_readable(raw.get("format_version"), "clip meta")
         return cls.checked(raw)
 
     @classmethod
@@ -126,12 +151,12 @@ class ClipMeta:
 _META_TYPES: dict[str, Any] = {
     **{name: str for name in ("dataset", "source", "split", "codec", "video_ext")},
     **{name: int for name in ("episode", "clip", "start_frame", "num_frames", "height", "width")},
-    **{name: bool for name in ("lossless", "has_actions", "has_positions")},
+    **{name: bool for name in ("lossless", "has_actions", "has_positions", "has_rewards", "has_obs")},
     "fps": (int, float),
     "info": dict,
     "format_version": int,
 }
-_REQUIRED = set(_META_TYPES) - {"info", "format_version"}
+_REQUIRED = set(_META_TYPES) - {"info", "format_version", "has_rewards", "has_obs"}  # optional: version 1
 
 
 @dataclass

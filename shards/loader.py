@@ -60,8 +60,9 @@ shared memory, one row per DataLoader worker, summed over the rank's workers (pe
 for a global figure). Configuration errors (format version, a window longer than the clip) raise.
 
 **Samples.** ``frames`` uint8 [T, H, W, C] (layout "THWC", the default) or [T, C, H, W] ("TCHW", what
-conv nets take), C = 3 RGB; ``actions`` int64 [T] (Procgen) or [T, A] (MultiGrid) and ``positions``
-int64 [T, A, 2], sliced to the same window as the frames and absent where the source has none; ``key``;
+conv nets take), C = 3 RGB; ``actions`` int64 [T] (Procgen) or [T, A] (MultiGrid), ``positions``
+int64 [T, A, 2], ``rewards`` float32 [T] and ``dones`` bool [T], sliced to the same window as the frames
+and absent where the source has none; ``key``;
 ``shard`` (path of the tar it came from); ``meta`` (the clip's JSON as a dict); ``start`` (first frame of
 the window within the clip); ``cursor``.
 """
@@ -87,7 +88,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
-from shards.format import ACTIONS_KEY, FORMAT_VERSION, META_KEY, POSITIONS_KEY, SPLITS, ClipMeta, npy_load
+from shards.format import (
+    ACTIONS_KEY,
+    DONES_KEY,
+    META_KEY,
+    POSITIONS_KEY,
+    READABLE_FORMAT_VERSIONS,
+    REWARDS_KEY,
+    SPLITS,
+    ClipMeta,
+    npy_load,
+)
 from shards.manifest import load_manifest
 from shards.video import VideoShapeError, check_frames, decode_video, decord_frames
 
@@ -486,11 +497,11 @@ def decode_sample(
         raise SampleError("meta", f"unreadable meta: {type(err).__name__}: {err}") from err
     if not isinstance(meta_dict, dict):
         raise SampleError("meta", "meta is not a JSON object")
-    if meta_dict.get("format_version") != FORMAT_VERSION:
+    if meta_dict.get("format_version") not in READABLE_FORMAT_VERSIONS:
         # Not a corrupt sample but a dataset this code cannot read: stop rather than skip everything.
         raise ValueError(
             f"{raw.shard}: sample {raw.key} has format_version {meta_dict.get('format_version')}, this "
-            f"code reads {FORMAT_VERSION}: re-ingest the dataset"
+            f"code reads {list(READABLE_FORMAT_VERSIONS)}: re-ingest the dataset"
         )
     try:
         meta = ClipMeta.checked(meta_dict)
@@ -515,6 +526,8 @@ def decode_sample(
     for name, member, wanted in (
         ("actions", ACTIONS_KEY, meta.has_actions),
         ("positions", POSITIONS_KEY, meta.has_positions),
+        ("rewards", REWARDS_KEY, meta.has_rewards),
+        ("dones", DONES_KEY, meta.has_rewards),
     ):
         if not wanted:
             continue
@@ -936,7 +949,7 @@ def collate_clips(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "meta": [s["meta"] for s in samples],
         "cursor": [s["cursor"] for s in samples],
     }
-    for name in ("actions", "positions"):
+    for name in ("actions", "positions", "rewards", "dones"):
         present = sum(name in s for s in samples)
         if present == len(samples):
             batch[name] = default_collate([s[name] for s in samples])

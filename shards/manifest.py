@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from shards.files import DataFileError, read_json
-from shards.format import FORMAT_VERSION, SPLITS
+from shards.format import FORMAT_VERSION, SPLITS, check_readable
 from shards.writer import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class EpisodeRecord:
     split: str | None  # None when skipped
     num_frames: int  # frames that landed in clips
     num_clips: int
+    episode_return: float | None = None  # sum of the episode's rewards, where the source has rewards
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ def build_manifest(dataset: str, config: dict[str, Any], records: list[BlockReco
     """Assemble the manifest dict from block records (sorted by block, so it is deterministic)."""
     records = sorted(records, key=lambda r: r.block)
     splits = {s: {"episodes": 0, "clips": 0, "frames": 0, "shards": 0} for s in SPLITS}
+    returns: dict[str, list[float]] = {s: [] for s in SPLITS}
     shards, skips, episodes_skipped, dropped = [], [], 0, 0
     for record in records:
         for ep in record.episodes:
@@ -116,14 +118,18 @@ def build_manifest(dataset: str, config: dict[str, Any], records: list[BlockReco
             splits[ep.split]["episodes"] += 1
             splits[ep.split]["clips"] += ep.num_clips
             splits[ep.split]["frames"] += ep.num_frames
+            if ep.episode_return is not None:
+                returns[ep.split].append(ep.episode_return)
         for shard in record.shards:
             splits[shard.split]["shards"] += 1
             shards.append(asdict(shard))
         skips.extend(asdict(s) for s in record.skips)
         dropped += record.dropped_tail_frames
     total_frames = sum(s["frames"] for s in splits.values())
-    for s in splits.values():
+    for name, s in splits.items():
         s["frame_fraction"] = round(s["frames"] / total_frames, 4) if total_frames else 0.0
+        if returns[name]:  # sources with rewards: what the behaviour policy scored (whole episodes)
+            s["mean_return"] = round(float(sum(returns[name]) / len(returns[name])), 4)
     return {
         "format_version": FORMAT_VERSION,
         "dataset": dataset,
@@ -161,11 +167,7 @@ def load_manifest(dataset_dir: str | Path) -> dict[str, Any]:
     manifest = read_json(path, "rerun the same `make ingest` command: it rebuilds the manifest")
     if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
         raise DataFileError(f"{path} is not a manifest of this project; rerun the same `make ingest` command")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{path} has format_version {manifest.get('format_version')}, this code reads "
-            f"{FORMAT_VERSION}: re-ingest the dataset"
-        )
+    check_readable(manifest.get("format_version"), str(path))
     return manifest
 
 

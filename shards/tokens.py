@@ -6,6 +6,7 @@ Layout (``<out>/<dataset>/tokens/<tokenizer-id>/<split>/``):
     parts/<shard-stem>/clips.npy       int64  [C, 4]      (first frame row, num_frames, episode, clip)
     parts/<shard-stem>/actions.npy     int64  [F] or [F, A]    (only when the clips have actions)
     parts/<shard-stem>/positions.npy   int64  [F, A, 2]        (only when the clips have positions)
+    parts/<shard-stem>/rewards.npy     float32 [F], dones.npy bool [F]   (only when the clips have rewards)
     parts/<shard-stem>/keys.json       the C sample keys, in order
     parts/<shard-stem>/part.json       written last: clips expected (manifest) and cached, complete or
                                         not and why, and the size + sha256 of every file above
@@ -140,6 +141,8 @@ def write_part(
     clip_ids: list[int],
     actions: list[np.ndarray] | None = None,
     positions: list[np.ndarray] | None = None,
+    rewards: list[np.ndarray] | None = None,
+    dones: list[np.ndarray] | None = None,
     expected: int | None = None,
     problem: str = "",
 ) -> dict[str, Any]:
@@ -163,6 +166,8 @@ def write_part(
         arrays["actions"] = _concat(actions, np.int64)
     if positions is not None:
         arrays["positions"] = _concat(positions, np.int64)
+    if rewards is not None and dones is not None:
+        arrays["rewards"], arrays["dones"] = _concat(rewards, np.float32), _concat(dones, bool)
     files = {f"{name}.npy": _write_durably(tmp / f"{name}.npy", _npy_bytes(a)) for name, a in arrays.items()}
     files["keys.json"] = _write_durably(tmp / "keys.json", json.dumps(keys).encode())
     if not problem and expected is not None and len(codes) != expected:
@@ -345,11 +350,19 @@ class TokenCache:
             "episode": int(row[2]),
             "clip": int(row[3]),
         }
-        for name in ("actions", "positions"):
+        for name in ("actions", "positions", "rewards", "dones"):
             array = self._array(part, name)
             if array is not None:
                 out[name] = array[lo:hi]
         return out
+
+    def require(self, name: str) -> None:
+        """Raise, saying why and how to fix it, when the cache has no ``name`` (e.g. "rewards")."""
+        if self.parts and self._array(0, name) is None:
+            raise ValueError(
+                f"the token cache {self.dir} holds no {name}: its clips have none (shards written before "
+                f"format version 2, or a source without {name}); re-ingest the dataset and rerun precompute"
+            )
 
 
 def open_checked(
@@ -402,4 +415,7 @@ class TokenWindows(torch.utils.data.Dataset):
         for name in ("actions", "positions"):
             if name in data:
                 out[name] = torch.from_numpy(np.array(data[name], dtype=np.int64))
+        for name in ("rewards", "dones"):  # float32 / bool, as cached
+            if name in data:
+                out[name] = torch.from_numpy(np.array(data[name]))
         return out

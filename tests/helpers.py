@@ -74,6 +74,14 @@ def save_tokenizer(
     return ckpts.latest
 
 
+def shard_members(path: Path) -> dict[str, bytes]:
+    """Every member of a shard tar by file name (plain tarfile: no project code in the way)."""
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+
 def kill_run(proc: subprocess.Popen, marker: str) -> None:
     """SIGKILL a torchrun launch and every worker it started: its process group, plus any process whose
     command line names ``marker`` (torchrun's workers may sit in sessions of their own, and an orphaned

@@ -217,7 +217,8 @@ def test_missing_data_is_written_into_the_evaluation_report(tmp_path):
         "missing": {"multigrid-test-000001": {"expected": 2, "got": 0, "problem": "missing"}},
     }
     evaluate.write_reports({"multigrid": result}, tmp_path)
-    assert json.loads((tmp_path / "scores.json").read_text())["multigrid"]["missing"] == result["missing"]
+    scores = json.loads((tmp_path / "scores.json").read_text())["datasets"]["multigrid"]
+    assert scores["missing"] == result["missing"]
     table = (tmp_path / "table1.md").read_text()
     assert "Missing data" in table and "multigrid-test-000001 gave 0/2" in table
     assert "FVD from" not in table  # no FVD was computed: no note about it (F16)

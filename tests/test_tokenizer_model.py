@@ -43,10 +43,14 @@ SHAPE_CASES = [
     (tiny(arch="impala", image_size=128, channels=(8, 8, 16)), 16),
     (tiny(arch="magvit", image_size=224, channels=(8, 8, 16, 16), levels=(4,) * 7), 14),
     (tiny(arch="impala", image_size=224, channels=(8, 8, 16)), 28),
+    (tiny(arch="patch", image_size=64, channels=(16, 16), patch_size=8), 8),
+    (tiny(arch="impala", image_size=64, channels=(8, 8), upsample="depth_to_space"), 16),
 ]
 
 
-@pytest.mark.parametrize(("cfg", "grid"), SHAPE_CASES, ids=["impala128", "magvit224", "impala224"])
+@pytest.mark.parametrize(
+    ("cfg", "grid"), SHAPE_CASES, ids=["impala128", "magvit224", "impala224", "patch64", "impala64-d2s"]
+)
 def test_shapes_and_code_range(cfg, grid):
     torch.manual_seed(0)
     tok = Tokenizer(cfg).eval()
@@ -84,7 +88,7 @@ def test_embed_dim_projections():
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_gradients_reach_encoder(arch):
-    tok = Tokenizer(tiny(arch=arch, image_size=32, channels=(8, 8)))
+    tok = Tokenizer(tiny(arch=arch, image_size=32, channels=(8, 8), patch_size=8 if arch == "patch" else 0))
     frames = random_frames(1, 2, 32)
     recon, _ = tok(frames)
     loss, _ = tok.reconstruction_loss(recon, to_float(frames))
@@ -158,6 +162,9 @@ def test_bf16_autocast_forward():
         ({"embed_dim": -1}, "embed_dim"),
         ({"arch": "magvit", "channels": (48, 64, 100)}, "num_groups"),
         ({"recon_loss": "perceptual"}, "recon_loss"),
+        ({"upsample": "bilinear"}, "upsample"),
+        ({"arch": "patch"}, "patch_size"),
+        ({"patch_size": 8}, "patch_size"),
     ],
 )
 def test_bad_config(kwargs, match):
@@ -209,6 +216,27 @@ def test_tiny_tokenizer_overfits(arch, steps, lr):
     assert codes.unique().numel() > 1  # not collapsed onto a single code
     # the frames differ only where the squares move: their codes must differ too
     assert not torch.equal(codes[0, 0], codes[0, 1])
+
+
+def test_patch_tokens_see_their_own_patch_only():
+    """arch "patch": changing one 8x8 patch changes that token's encoding and nothing else, and changing one
+    token's code changes that patch of the decoded frame and nothing else (an IMPALA token's receptive
+    field spans its neighbours in both directions)."""
+    torch.manual_seed(0)
+    tok = Tokenizer(tiny(arch="patch", image_size=32, channels=(32, 32), patch_size=8)).eval()
+    x = to_float(random_frames(1, 1, 32))[0]  # [1, 3, 32, 32]
+    y = x.clone()
+    y[..., 8:16, 16:24] = -y[..., 8:16, 16:24]  # token (row 1, column 2)
+    z = torch.zeros(1, tok.cfg.latent_dim, 4, 4)
+    z2 = z.clone()
+    z2[..., 1, 2] = 1.0
+    with torch.no_grad():
+        moved = (tok.encoder(x) != tok.encoder(y)).any(1)[0]  # [4, 4]
+        drawn = (tok.decoder(z) != tok.decoder(z2)).any(1)[0]  # [32, 32]
+    expected = torch.zeros(4, 4, dtype=torch.bool)
+    expected[1, 2] = True
+    assert torch.equal(moved, expected)
+    assert drawn[8:16, 16:24].any() and drawn.sum() == drawn[8:16, 16:24].sum()
 
 
 def test_model_package_does_not_import_ingest():

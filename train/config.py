@@ -15,10 +15,13 @@ from typing import Any
 
 import yaml
 
+from model.action_decoder import ActionDecoderConfig
 from model.flam import LAMConfig
+from model.policy import PolicyNetConfig
 from model.tokenizer import TokenizerConfig
 from shards.config import ConfigError, from_dict, load_yaml, merge, parse_overrides, to_dict
 from shards.format import SPLITS
+from train.supervised import FitConfig
 
 
 def at_least(section: str, cfg: Any, minimum: float, *names: str) -> None:
@@ -263,6 +266,100 @@ class PlanConfig:
 
 
 @dataclass(frozen=True)
+class ExpertConfig:
+    """``train/expert.py``: the RL expert on Procgen's batched env (paper appendix C.3). Defaults are the
+    PPG paper's / CleanRL ppg_procgen's: 64 envs x 256 steps, lr 5e-4, gamma 0.999, lambda 0.95, clip
+    0.2, entropy 0.01, N_pi 32, E_pi = E_V = 1, E_aux 6, beta_clone 1, easy mode, all levels."""
+
+    run_dir: str = ""  # "" -> runs/expert-<dataset>
+    algo: str = "ppg"  # "ppg" (dual networks + auxiliary phase) | "ppo" (shared trunk, ppo_epochs)
+    total_steps: int = 25_000_000  # env steps over all envs, rounded up to whole phases
+    num_envs: int = 64
+    num_steps: int = 256  # steps per env per rollout
+    distribution_mode: str = "easy"
+    start_level: int = 0
+    num_levels: int = 0  # 0 = every level (the paper's expert); demos and BC scoring use disjoint ranges
+    lr: float = 5e-4
+    gamma: float = 0.999
+    gae_lambda: float = 0.95
+    clip: float = 0.2
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    num_minibatches: int = 8  # per rollout (and the aux phase's minibatch size is the same)
+    n_pi: int = 32  # rollouts per phase: PPG's N_pi before each auxiliary phase; PPO: rollouts per phase
+    e_pi: int = 1  # PPG policy epochs per rollout
+    e_v: int = 1  # PPG value epochs per rollout
+    e_aux: int = 6  # PPG auxiliary epochs per phase
+    beta_clone: float = 1.0  # PPG: weight of KL(pi_old || pi) in the auxiliary phase
+    ppo_epochs: int = 3  # PPO: epochs per rollout
+    reward_norm: bool = True  # scale rewards by the running std of the discounted return, clip at 10
+    net: PolicyNetConfig = field(default_factory=PolicyNetConfig)
+    seed: int = 0
+    ckpt_every: int = 1  # phases between checkpoints (a checkpoint holds the whole state, envs included)
+    keep_last: int = 3
+
+    def __post_init__(self) -> None:
+        if self.algo not in ("ppg", "ppo"):
+            raise ValueError(f"expert.algo must be 'ppg' or 'ppo', got {self.algo!r}")
+        for name in ("total_steps", "num_envs", "num_steps", "num_minibatches", "n_pi", "ckpt_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"expert.{name} must be >= 1, got {getattr(self, name)}")
+        if (self.num_envs * self.num_steps) % self.num_minibatches:
+            raise ValueError(
+                f"expert.num_envs * expert.num_steps = {self.num_envs * self.num_steps} does not divide into "
+                f"{self.num_minibatches} minibatches (expert.num_minibatches)"
+            )
+
+    @property
+    def steps_per_phase(self) -> int:
+        return self.num_envs * self.num_steps * self.n_pi
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """``train/policy.py`` (make policy): policy learning from latent actions, the paper's section 5.3 and
+    Table 4. Level ranges are (start, count) of Procgen levels; demos and scoring must not share one."""
+
+    run_dir: str = ""  # "" -> runs/policy-<dataset>
+    expert: str = ""  # the demonstrator's checkpoint; "" -> train (or resume) expert.* in the expert run dir
+    demo_episodes: int = 2000  # ~1M frames at ~500 frames an episode (the paper's demo set size)
+    demo_max_episode_len: int = 500
+    demo_resolution: int = 224  # frames the world models see (the policy's 64x64 view is recorded beside)
+    demo_levels: tuple[int, ...] = (0, 100_000)
+    eval_levels: tuple[int, ...] = (1_000_000, 100_000)  # unseen by the demos (and so by BC)
+    world_models: tuple[str, ...] = ("flam", "genie", "adaworld")  # latent action models of model/zoo.py
+    label_budgets: tuple[int, ...] = (1000, 10000)  # labelled demo frames (paper: 1k and 10k)
+    label_seed: int = 0
+    decoder: ActionDecoderConfig = field(default_factory=ActionDecoderConfig)
+    decoder_fit: FitConfig = field(default_factory=lambda: FitConfig(steps=3000, batch_size=256, lr=1e-3))
+    idm_fit: FitConfig = field(default_factory=lambda: FitConfig(steps=5000, batch_size=128, lr=5e-4))
+    bc_fit: FitConfig = field(default_factory=lambda: FitConfig(steps=20000, batch_size=256, lr=5e-4))
+    net: PolicyNetConfig = field(default_factory=PolicyNetConfig)  # the BC policy (and the IDM's trunk)
+    seeds: int = 3  # BC training seeds per row, each scored on its own env seed
+    eval_envs: int = 64
+    eval_episodes: int = 64  # per seed: the first episode(s) of every env, so short ones are not favoured
+    eval_max_steps: int = 1000  # an episode still running after this many steps counts with its return so far
+    video_steps: int = 400  # frames of the BC policy's video
+
+    def __post_init__(self) -> None:
+        for name in ("demo_levels", "eval_levels"):
+            value = getattr(self, name)
+            if len(value) != 2 or value[1] < 1 or value[0] < 0:
+                raise ValueError(f"policy.{name} must be [start, count] with count >= 1, got {list(value)}")
+        (a, n), (b, m) = self.demo_levels, self.eval_levels
+        if a < b + m and b < a + n:
+            raise ValueError(
+                f"policy.demo_levels {list(self.demo_levels)} overlap policy.eval_levels "
+                f"{list(self.eval_levels)}: BC must be scored on levels no demo shows"
+            )
+        if not self.label_budgets or min(self.label_budgets) < 1:
+            raise ValueError(f"policy.label_budgets must be positive frame counts, got {self.label_budgets}")
+        if self.seeds < 1 or self.eval_envs < 1 or self.eval_episodes < 1:
+            raise ValueError("policy.seeds, policy.eval_envs and policy.eval_episodes must be >= 1")
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -278,6 +375,8 @@ class Config:
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    expert: ExpertConfig = field(default_factory=ExpertConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
 
     def __post_init__(self) -> None:
         # FLAM's factorizer has one learned time embedding per position of its window: training on shorter
@@ -309,6 +408,10 @@ class Config:
     @property
     def lam_run_dir(self) -> Path:
         return Path(self.lam_train.run_dir or f"runs/{self.model}-{self.data.dataset}")
+
+    @property
+    def expert_run_dir(self) -> Path:
+        return Path(self.expert.run_dir or f"runs/expert-{self.data.dataset}")
 
 
 def load_config(path: str | Path | None, overrides: list[str] | dict[str, Any] | None = None) -> Config:

@@ -180,6 +180,23 @@ def latent_scatter(
     return path
 
 
+def assignment_table(assignment: dict[str, dict]) -> str:
+    """Markdown: per slot model, how consistently a slot holds each agent (train/assignment.py)."""
+    lines = [
+        "| Slot-agent assignment | consistency (↑) | owners per frame | agents 0-1 share | other pairs |",
+        "|---|---|---|---|---|",
+    ]
+    for label in column_order(list(assignment)):
+        a = assignment[label]
+        m = len(a["consistency"])
+        others = [a["sharing"][i][j] for i in range(m) for j in range(i + 1, m) if (i, j) != (0, 1)]
+        lines.append(
+            f"| {label} | {sum(a['consistency']) / m:.2f} | {a['distinct']:.2f} of {m} | "
+            f"{a['sharing'][0][1]:.2f} | {max(others, default=0.0):.2f} (max) |"
+        )
+    return "\n".join(lines)
+
+
 def assignment_figure(owners: torch.Tensor, sharing: list[list[float]], title: str, path: Path) -> Path:
     """Slot-agent assignment (paper Figs. 7-9): for a few clips, the slot owning each agent in every frame
     (rows = agents, columns = frames, colour = slot), and how often two agents share a slot.

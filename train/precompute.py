@@ -64,6 +64,8 @@ class PartBuffer:
         self.clips: list[int] = []
         self.actions: list[np.ndarray] = []
         self.positions: list[np.ndarray] = []
+        self.rewards: list[np.ndarray] = []
+        self.dones: list[np.ndarray] = []
 
     def add(self, codes: np.ndarray, sample: dict) -> None:
         self.codes.append(codes)
@@ -74,6 +76,9 @@ class PartBuffer:
             self.actions.append(sample["actions"].numpy())
         if sample.get("positions") is not None:
             self.positions.append(sample["positions"].numpy())
+        if sample.get("rewards") is not None:
+            self.rewards.append(sample["rewards"].numpy())
+            self.dones.append(sample["dones"].numpy())
 
     def write(self, split_dir: Path, stem: str, expected: int | None, problem: str = "") -> None:
         """Write the part; it is complete only with ``expected`` clips and no ``problem``."""
@@ -86,6 +91,8 @@ class PartBuffer:
             self.clips,
             actions=self.actions if self.actions and len(self.actions) == len(self.codes) else None,
             positions=self.positions if self.positions and len(self.positions) == len(self.codes) else None,
+            rewards=self.rewards if self.rewards and len(self.rewards) == len(self.codes) else None,
+            dones=self.dones if self.dones and len(self.dones) == len(self.codes) else None,
             expected=expected,
             problem=problem,
         )
@@ -96,7 +103,7 @@ def unbatch(batch: dict) -> list[dict]:
     out = []
     for i, key in enumerate(batch["key"]):
         sample = {"key": key, "meta": batch["meta"][i], "shard": batch["shard"][i]}
-        for name in ("actions", "positions"):
+        for name in ("actions", "positions", "rewards", "dones"):
             if name in batch:
                 sample[name] = batch[name][i]
         out.append(sample)
