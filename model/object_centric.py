@@ -37,7 +37,7 @@ from model.flam import FLAM, Aggregator
 class PlaySlot(FLAM):
     """Two-stage object-centric latent action model (see the module docstring)."""
 
-    latent = "gaussian"
+    latent = "kl"
     has_unused_parameters = True  # each stage leaves the other stage's parameters without gradients
     staged = True
 
