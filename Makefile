@@ -23,10 +23,13 @@ TOKENIZER   ?=
 LAUNCH       = $(if $(filter 1,$(NPROC)),$(PY),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC))
 
 .DEFAULT_GOAL := help
-.PHONY: help demo setup test test-all lint format ingest tokenizer precompute train evaluate compare expert policy bench-ingest bench-loader bench-expert bench-gpu clean-data
+.PHONY: help demo setup test test-all lint format ingest tokenizer precompute train evaluate compare sweep controller plan expert policy bench-ingest bench-loader bench-plan bench-expert bench-gpu clean-data
 MODEL       ?= flam
 BRIEF       ?= 1
 RUNS        ?=
+RUN         ?=
+# Latent-action families swept by `make sweep` (kl sparse vq); empty: all three.
+LATENT      ?=
 # bench-gpu: cuda (the device check, full sizes) or cpu (tiny sizes, eager).
 DEVICE      ?= cuda
 
@@ -81,6 +84,20 @@ evaluate: $(STAMP)  ## score trained runs against ground truth: Table 1, DCI, vi
 
 compare: $(STAMP)  ## train all six models on DATASET, then Table 1 (BRIEF=1: CPU minutes; BRIEF=0: full preset, NPROC GPUs)
 	$(PY) -m train.compare --config $(CONFIG) $(if $(filter 1,$(BRIEF)),--brief) --nproc $(NPROC) $(ARGS)
+
+sweep: $(STAMP)  ## capacity sweep of MODEL's latent families on DATASET (LATENT=kl|sparse|vq; BRIEF=1: CPU size)
+	$(PY) -m train.sweep --config $(CONFIG) $(if $(filter 1,$(BRIEF)),--brief) --model $(MODEL) \
+		$(if $(LATENT),--latent $(LATENT)) --nproc $(NPROC) $(ARGS)
+
+controller: $(STAMP)  ## controller from real actions to RUN's latent actions (ARGS="controller.kind=adapter")
+	$(PY) -m train.controller --run $(RUN) $(ARGS)
+
+plan: $(STAMP)  ## MultiGrid planning with RUNS="..." (none: make compare's models, trained first; BRIEF=1: CPU size)
+	$(PY) -m train.plan $(if $(RUNS),--runs $(RUNS),--config $(CONFIG) $(if $(filter 1,$(BRIEF)),--brief) \
+		--nproc $(NPROC)) $(ARGS)
+
+bench-plan: $(STAMP)  ## planning steps/s vs a bare batched forward of the same world model
+	$(PY) -m bench.plan
 
 expert: $(STAMP)  ## train the RL expert (PPG) on a Procgen DATASET -> runs/expert-<game>/ (resumable; ARGS=)
 	$(PY) -m train.expert --config $(CONFIG) $(ARGS)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from model.dynamics import COUPLINGS
+from model.latents import FAMILIES
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,15 @@ class LAMConfig:
     num_slots: int = 4  # K factors
     slot_iters: int = 3  # slot-attention iterations per frame
     action_dim: int = 0  # A per slot; 0 -> dim // num_slots (capacity matched to one latent of size dim)
-    beta: float = 2e-4  # KL coefficient
+    beta: float = 2e-4  # KL coefficient (latent "kl")
+    # Latent-action family (model/latents.py): "kl" | "sparse" | "vq"; "" = the model's own (FLAM, AdaWorld,
+    # PlaySlot: kl; Genie: vq). Capacity knob per family: beta (kl), l1 (sparse), vq_codes (vq).
+    latent: str = ""
+    l1: float = 0.05  # sparse: lambda_l1, the L1 weight of the energy E(z)
+    l2: float = 1.0  # sparse: lambda_l2, the weight of the norm hinge max(sqrt(A) - ||z||^2, 0)
+    vcm_variance: float = 0.1  # sparse: lambda_V
+    vcm_covariance: float = 0.001  # sparse: lambda_C
+    vcm_mean: float = 0.1  # sparse: lambda_M (on |mean|; the paper prints a signed mean, see latents.py)
     factorizer_temporal: bool = True  # False: ablation without the factorizer's temporal attention (SAVi)
     coupling: str = "factored"  # "factored" (FLAM) | "global" (Global-Coupled FLAM ablation)
     # F = len(FSQ levels) of the tokenizer and N = h * w tokens per frame: 0 = read from the token cache
@@ -39,7 +48,9 @@ class LAMConfig:
     max_frames: int = 16
     dropout: float = 0.0
     # -- one model family each (model/zoo.py); the other models do not read them --
-    vq_codes: int = 8  # Genie: codebook size (presets size it to the joint action count, appendix C.1)
+    # vq: codebook size (Genie: presets size it to the joint action count, appendix C.1; FLAM: one per slot,
+    # shared by the slots)
+    vq_codes: int = 8
     vq_commitment: float = 0.25  # Genie: commitment loss weight
     vq_restart_every: int = 100  # Genie: revive codes unused over this many steps
     num_actions: int = 0  # World Model: ground-truth actions per actor (7 MultiGrid, 15 Procgen)
@@ -69,8 +80,11 @@ class LAMConfig:
             )
         if self.coupling not in COUPLINGS:
             raise ValueError(f"LAMConfig.coupling {self.coupling!r} unknown; choose one of {COUPLINGS}")
-        if self.beta < 0:
-            raise ValueError(f"LAMConfig.beta must be >= 0, got {self.beta}")
+        if self.latent not in ("", *FAMILIES):
+            raise ValueError(f"LAMConfig.latent must be one of {FAMILIES} or empty, got {self.latent!r}")
+        for name in ("beta", "l1", "l2", "vcm_variance", "vcm_covariance", "vcm_mean"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"LAMConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.max_frames < 2:
             raise ValueError(f"LAMConfig.max_frames must be >= 2, got {self.max_frames}")
         if not 0.0 <= self.dropout < 1.0:

@@ -37,7 +37,7 @@ from model.flam import FLAM, Aggregator
 class PlaySlot(FLAM):
     """Two-stage object-centric latent action model (see the module docstring)."""
 
-    latent = "gaussian"
+    latent = "kl"
     has_unused_parameters = True  # each stage leaves the other stage's parameters without gradients
     staged = True
 
@@ -53,6 +53,7 @@ class PlaySlot(FLAM):
     def begin_step(self, step: int) -> None:
         """The stage of global step ``step`` as a Python bool: a compiled model holds one graph per stage
         (one recompile at the switch) and never reads ``train_steps`` into Python."""
+        super().begin_step(step)
         self.stage_pretraining = step < self.cfg.slot_pretrain_steps
 
     @property

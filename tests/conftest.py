@@ -118,3 +118,12 @@ def tiny_cache(tiny_data, tiny_tokenizer) -> Path:
     from train import precompute
 
     return precompute.main(precompute_config(tiny_data, tiny_tokenizer))
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory):
+    """64x64 MultiGrid data, a random tokenizer, its cache and 2-step FLAM, Genie and World Model runs
+    (tests/helpers.py:small_world): for the controller and planning tests."""
+    from tests.helpers import small_world
+
+    return small_world(tmp_path_factory.mktemp("small-world"), ("flam", "genie", "world_model"))

@@ -63,10 +63,16 @@ def ingest_multigrid(out: Path, episodes: int = 20, episode_len: int = 16, clip_
     return out / "multigrid"
 
 
-def save_tokenizer(run_dir: Path, cfg: TokenizerConfig = TINY_TOKENIZER, seed: int = 0) -> Path:
-    """A randomly initialised tokenizer checkpoint, in the format train/tokenizer.py writes."""
+def save_tokenizer(
+    run_dir: Path, cfg: TokenizerConfig = TINY_TOKENIZER, seed: int = 0, encoder_gain: float = 1.0
+) -> Path:
+    """A randomly initialised tokenizer checkpoint, in the format train/tokenizer.py writes.
+    ``encoder_gain`` scales the encoder's last layer: at init its outputs sit near 0 and most frames get
+    the same codes; a gain of 10 spreads them so that distinct agent poses get distinct codes."""
     torch.manual_seed(seed)
     model = Tokenizer(cfg)
+    with torch.no_grad():
+        model.encoder.net[-1].weight.mul_(encoder_gain)
     ckpts = Checkpoints(run_dir)
     ckpts.save(
         {
@@ -227,3 +233,29 @@ def tree_bytes(folder: Path, skip: tuple[str, ...] = (".lock",)) -> dict[str, by
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name not in skip
     }
+
+
+# Worlds for the controller and planning tests: the demo's (= brief) MultiGrid look and sizes, and a tiny
+# random IMPALA tokenizer with its encoder's last layer scaled so that distinct agent poses get distinct
+# codes (the planners' costs compare codes; a random patch tokenizer gives most cells the same code).
+SMALL_TOKENIZER = TokenizerConfig(image_size=64, channels=(8, 8, 8), num_res_blocks=1)
+SMALL_LAM = ["lam.vq_codes=16", "lam.slot_pretrain_steps=1"]
+
+
+def small_world(root: Path, models: tuple[str, ...], steps: int = 2) -> tuple[Path, dict[str, Path]]:
+    """A 64x64 MultiGrid set (24 episodes of 16 frames), a random tokenizer for it, the token cache of
+    every split and ``steps``-step runs of ``models`` -> (tokenizer checkpoint, {model: run folder})."""
+    from train import lam as train_lam
+    from train import precompute
+
+    cfg = build_config("multigrid", {**multigrid_ingest(24, 16, 8), "episodes_per_shard": 12})
+    run_ingest(cfg, RunOptions(out=str(root), executor="local", progress=False))
+    ckpt = save_tokenizer(root / "tok", SMALL_TOKENIZER, encoder_gain=10.0)
+    precompute.main(precompute_config(root, ckpt))
+    runs = {}
+    for model in models:
+        run = root / "runs" / model
+        args = [f"model={model}", f"lam_train.steps={steps}", f"lam_train.ckpt_every={steps}", *SMALL_LAM]
+        train_lam.main(lam_config(root, ckpt, run, *args))
+        runs[model] = run
+    return ckpt, runs

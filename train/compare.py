@@ -64,22 +64,24 @@ def launch(module: str, config: Path, nproc: int, extra: list[str]) -> list[str]
 
 def train_models(cfgs: list[Config], root: Path, nproc: int, jobs: int) -> None:
     """Train each model's run with ``train/lam.py`` in its own process, ``jobs`` at a time (each with
-    cores / jobs threads); logs in <root>/logs/<model>.log. A failed run stops everything, naming its log."""
+    cores / jobs threads); logs in <root>/logs/<run folder name>.log. A failed run stops everything,
+    naming its log."""
     logs = root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     threads = max(1, torch.get_num_threads() // jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
     def run(cfg: Config) -> str:
-        config = root / f"{cfg.model}-config.yaml"
+        name = cfg.lam_run_dir.name  # the model's name here; a study's own name for each of its runs
+        config = root / f"{name}-config.yaml"
         save_config(cfg, config)
-        log = logs / f"{cfg.model}.log"
+        log = logs / f"{name}.log"
         start = time.perf_counter()
         with open(log, "w") as out:
             done = subprocess.run(launch("train.lam", config, nproc, []), stdout=out, stderr=out, env=env)
         if done.returncode:
-            raise RuntimeError(f"training {cfg.model} failed (exit {done.returncode}); see {log}")
-        return f"{cfg.model} {time.perf_counter() - start:.0f}s"
+            raise RuntimeError(f"training {name} failed (exit {done.returncode}); see {log}")
+        return f"{name} {time.perf_counter() - start:.0f}s"
 
     with ThreadPoolExecutor(max_workers=jobs) as pool, tqdm(total=len(cfgs), desc="models") as bar:
         for finished in pool.map(run, cfgs):
@@ -87,11 +89,8 @@ def train_models(cfgs: list[Config], root: Path, nproc: int, jobs: int) -> None:
             bar.update(1)
 
 
-def main(
-    config: str | Path, overrides: list[str], models: list[str], brief: bool, nproc: int = 1, jobs: int = 1
-) -> Path:
-    """Preset <- (brief) <- command-line overrides; then every stage (see the module docstring)."""
-    start = time.perf_counter()
+def preset(config: str | Path, overrides: list[str], brief: bool) -> Config:
+    """A dataset preset, at CPU size with ``brief`` (configs/brief.yaml), then the command-line overrides."""
     cfg = load_config(config)
     if brief:
         cfg = brief_config(cfg)
@@ -99,11 +98,16 @@ def main(
         # busy (measured: the brief tokenizer ran 1.2 steps/s with 2 threads on a loaded 2-core machine,
         # 8 steps/s with 1); the models train `jobs` at a time instead.
         torch.set_num_threads(1)
-    cfg = load_config(None, merge(to_dict(cfg), parse_overrides(overrides)))
-    root = Path("runs") / f"compare-{cfg.data.dataset}{'-brief' if brief else ''}"
-    cfg = with_runs(cfg, root)
-    for model in models:  # refuse a run that never leaves its first stage before hours of training
-        check_stages(with_runs(cfg, root, model))
+    return load_config(None, merge(to_dict(cfg), parse_overrides(overrides)))
+
+
+def compare_root(dataset: str, brief: bool) -> Path:
+    """The folder of a dataset's comparison: its tokenizer and the models every study reuses."""
+    return Path("runs") / f"compare-{dataset}{'-brief' if brief else ''}"
+
+
+def prepare(cfg: Config, root: Path, nproc: int) -> None:
+    """The data stages, each skipped or resumed when done: ingest (simulators), the tokenizer, the cache."""
     if cfg.ingest and not (cfg.dataset_dir / "manifest.json").exists():
         from train.demo import ingest
 
@@ -123,6 +127,19 @@ def main(
     else:
         tokenizer.main(cfg)
         precompute.main(cfg)
+
+
+def main(
+    config: str | Path, overrides: list[str], models: list[str], brief: bool, nproc: int = 1, jobs: int = 1
+) -> Path:
+    """Preset <- (brief) <- command-line overrides; then every stage (see the module docstring)."""
+    start = time.perf_counter()
+    cfg = preset(config, overrides, brief)
+    root = compare_root(cfg.data.dataset, brief)
+    cfg = with_runs(cfg, root)
+    for model in models:  # refuse a run that never leaves its first stage before hours of training
+        check_stages(with_runs(cfg, root, model))
+    prepare(cfg, root, nproc)
     train_cache = cache_dir(cfg.data.root, cfg.data.dataset, file_id(cfg.tokenizer_checkpoint), "train")
     has_actions = TokenCache(train_cache).has("actions")
     runs = []

@@ -19,6 +19,8 @@ against the real frames (section 5.1):
   codes scores exactly Recon, one that repeats the last context frame scores exactly Copy;
 - DCI (Table 2) of every slot model's slots against agent positions, with the Random reference, where
   the clips hold positions (MultiGrid, ``train/eval/slots.py``);
+- leakage and transfer of latent actions (scene cut, cycle consistency; ``train/eval/transfer.py``) on the
+  split's cached tokens: ``transfer.md``;
 - videos/: ground truth | Recon | every model, side by side; figures/: controllable generation (one slot's
   latent actions replaced by prior samples or ``eval.control_vector``, Fig. 6) and latent actions in 2D
   coloured by the ground-truth action (Fig. 5).
@@ -36,6 +38,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from model.latents import FAMILIES
 from model.tokenizer import to_float
 from shards.config import merge, parse_overrides, split_overrides
 from train.common import load_tokenizer, load_world_model
@@ -45,6 +48,7 @@ from train.eval.report import DISPLAY, write_reports
 from train.eval.rollout import chunks, encode_windows
 from train.eval.scoring import Scorer, score_rollouts
 from train.eval.slots import random_dci, slot_assignment, slot_dci
+from train.eval.transfer import transfer_scores, write_transfer_report
 from train.eval.windows import read_windows
 from train.visuals import video_grid, write_gif
 
@@ -124,6 +128,7 @@ def evaluate_dataset(runs: list[Run], out_dir: Path, device: torch.device) -> di
     figures: dict[str, list[str]] = {}
     dci: dict[str, dict] = {}
     assignment: dict[str, dict] = {}
+    transfer: dict[str, dict] = {}
     for run in runs:
         model, label = run.model, run.label
         figures[label] = figures_for(run, features, data, tokenizer, out_dir, gen)
@@ -138,6 +143,8 @@ def evaluate_dataset(runs: list[Run], out_dir: Path, device: torch.device) -> di
             assignment_figure(owners[:3], stats["sharing"], f"{label} slot-agent assignment", path)
             assignment[label] = stats
             figures[label].append(str(path.relative_to(out_dir)))
+        if ec.transfer and model.latent in FAMILIES:
+            transfer[label] = transfer_scores(run, tokenizer_id, tokenizer.cfg.levels, grid, device)
     if dci:
         some = next(r.model for r in runs if r.model.has_slots)
         dci["Random"] = random_dci(some, features, data["positions"], ec.batch_clips, ec.seed, device)
@@ -159,6 +166,7 @@ def evaluate_dataset(runs: list[Run], out_dir: Path, device: torch.device) -> di
         "skipped": scorer.skipped,
         "dci": dci,
         "assignment": assignment,
+        "transfer": transfer,
         "video": str(video.relative_to(out_dir)),
         "figures": figures,
     }
@@ -175,6 +183,7 @@ def main(run_dirs: list[str | Path], overrides: list[str] | None = None) -> Path
     out_dir = Path(runs[0].cfg.eval.out or "runs/eval-" + "-".join(datasets))
     results = {name: evaluate_dataset(group, out_dir, device) for name, group in datasets.items()}
     write_reports(results, out_dir)
+    write_transfer_report(results, out_dir)
     return out_dir
 
 

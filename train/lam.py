@@ -24,9 +24,10 @@ import torch
 from tqdm import tqdm
 
 from model.base import TokenWorldModel
+from model.config import LAMConfig
 from model.tokenizer import Tokenizer
 from model.zoo import build_model
-from shards.config import to_dict
+from shards.config import from_dict, to_dict
 from shards.tokens import TokenCache, cache_dir, file_id, has_index, manifest_sha256, open_checked
 from train.batches import GlobalBatches, TokenWindows, collate, to_model_batch
 from train.common import (
@@ -226,7 +227,8 @@ def train(cfg: Config, stop_after: int | None = None) -> Path:
                 f"{ckpts.latest} was trained on tokens of tokenizer {state['tokenizer_id']}, this run uses "
                 f"{tokenizer_id}: start a new run_dir (lam_train.run_dir=...)"
             )
-        if state["config"]["lam"] != to_dict(cfg.lam) or state["config"]["model"] != cfg.model:
+        saved_lam = to_dict(from_dict(LAMConfig, state["config"]["lam"]))  # defaults for keys added since
+        if saved_lam != to_dict(cfg.lam) or state["config"]["model"] != cfg.model:
             raise ValueError(f"{ckpts.latest} holds a model with another config: use a new lam_train.run_dir")
         check_resume(state, cfg, RESUME_FREE, "lam_train", run_dir, dist_info.is_main)
         step = restore_train_state(state, model, optimizer, scheduler, rank)

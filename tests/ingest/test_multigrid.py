@@ -220,3 +220,23 @@ def test_config_validation(kwargs: dict, match: str) -> None:
 def test_seed_validation() -> None:
     with pytest.raises(ValueError, match="seed"):
         render_episode(MultiGridConfig(episode_len=2), seed=-1)
+
+
+def test_a_live_room_replays_the_episode_of_its_seed() -> None:
+    """ingest/multigrid.py:Room (planning): the same start, behaviour policy and frames as render_episode,
+    stepped one action at a time; set_poses moves agents for imagined steps."""
+    cfg = MultiGridConfig(tile_size=8, highlight=False, episode_len=12)
+    episode = render_episode(cfg, 5)
+    room = mg.Room(cfg, 5)
+    frames = [room.frame()]
+    for t in range(11):
+        actions = room.behaviour_actions()
+        np.testing.assert_array_equal(actions, episode.actions[t])
+        room.step(actions)
+        frames.append(room.frame())
+    np.testing.assert_array_equal(np.stack(frames), episode.frames)
+    positions, directions = room.poses()
+    positions[0], directions[0] = (1, 1), 0
+    room.set_poses(positions, directions)
+    room.step(np.array([FORWARD, DONE, DONE, DONE]))
+    assert room.poses()[0][0].tolist() == ([2, 1] if [2, 1] not in positions.tolist() else [1, 1])

@@ -123,14 +123,17 @@ def test_world_model_is_refused_on_a_dataset_without_actions(cache, tmp_path):
 
 
 # FLAM; Genie (VQ usage all-reduced, restarts drawn from the all-gathered global batch); PlaySlot (the
-# stage switch, DDP with unused parameters).
+# stage switch, DDP with unused parameters); FLAM with sparse latents (VCM over the all-gathered batch).
 @pytest.mark.torchrun
-@pytest.mark.parametrize("model", ["flam", "genie", "playslot"])
+@pytest.mark.parametrize("model", ["flam", "genie", "playslot", "flam lam.latent=sparse"])
 def test_two_ranks_equal_one_process_with_the_same_global_batch(cache, tmp_path, model, request):
+    """(Attention key biases are left out: their gradient is zero in exact arithmetic, so Adam turns
+    rounding noise into ~1e-5 steps there, in one process and two alike.)"""
     if model == "flam":  # the 2-rank run the kill test compares with, 12 steps
         args, two = (lambda run: flam_12(cache, run)), request.getfixturevalue("two_rank_flam")
     else:
-        extra = (f"model={model}", "lam.slot_pretrain_steps=2", "lam.vq_restart_every=2")
+        name, *more = model.split()
+        extra = (f"model={name}", *more, "lam.slot_pretrain_steps=2", "lam.vq_restart_every=2")
         args, two = (lambda run: overrides(cache, run, 3, *extra)), tmp_path / "two"
         subprocess.run(
             torchrun(args(two), extra=["--standalone"]), cwd=REPO, check=True, capture_output=True, env=ENV
@@ -138,8 +141,11 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(cache, tmp_path,
     train_lam.main(load_config(REPO / "configs/demo.yaml", args(tmp_path / "one")))
     (s1, w1), (s2, w2) = final_weights(tmp_path / "one"), final_weights(two)
     assert s1 == s2 == (12 if model == "flam" else 3)
-    for name, tensor in w1.items():
-        torch.testing.assert_close(w2[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+    for key, tensor in w1.items():
+        other = w2[key]
+        if key.endswith("qkv.bias"):  # queries and values only
+            tensor, other = (torch.cat([t.chunk(3)[0], t.chunk(3)[2]]) for t in (tensor, other))
+        torch.testing.assert_close(other, tensor, rtol=1e-4, atol=1e-5, msg=key)
 
 
 @pytest.mark.torchrun

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model.latents import FAMILIES
 from train.config import EvalConfig
 from train.eval.rollout import batched, decode_tokens
 from train.visuals import filmstrip
@@ -20,7 +21,7 @@ def figures_for(run, features, data, tokenizer, out_dir: Path, gen) -> list[str]
     name = f"{run.cfg.data.dataset}-{run.path.name}"
     if ec.control and model.factored:
         written.append(str(control_grid(run, features[:1], tokenizer, out_dir, gen)))
-    if ec.latent_plot and "actions" in data and model.latent in ("gaussian", "vq"):
+    if ec.latent_plot and "actions" in data and model.latent in FAMILIES:
         points, labels = latent_points(run, features, data, ec)
         if points is not None:
             path = out_dir / "figures" / f"{name}-latent-actions.png"
