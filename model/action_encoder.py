@@ -35,7 +35,7 @@ class ActionEncoderConfig:
 
 
 class ActionEncoder(nn.Module):
-    """(actions int [B], states [B, K, D]) -> latents [B, K, A], equivariant to the order of the K entities."""
+    """(actions int [B], states [B, K, D]) -> latents [B, K, A], equivariant to the order of the K."""
 
     def __init__(
         self,

@@ -58,8 +58,8 @@ class LatentActionWorldModel(nn.Module):
         self,
         world_model: TokenWorldModel,
         num_actions: int,
-        encoder: ActionEncoderConfig = ActionEncoderConfig(),
-        loss: LAWMLossConfig = LAWMLossConfig(),
+        encoder: ActionEncoderConfig | None = None,
+        loss: LAWMLossConfig | None = None,
     ) -> None:
         super().__init__()
         if type(world_model) not in (FLAM, AdaWorld) or not world_model.action_dim:
@@ -68,17 +68,17 @@ class LatentActionWorldModel(nn.Module):
                 f"{type(world_model).__name__}: Genie's discrete codes and models without latent actions "
                 "have no continuous latent space to align actions with"
             )
-        self.world_model, self.loss_cfg = world_model, loss
+        self.world_model, self.loss_cfg = world_model, loss or LAWMLossConfig()
         self.factored = isinstance(world_model, FLAM)
         cfg = world_model.cfg
         self.num_entities = cfg.num_slots if self.factored else 1
         self.latent_dim = world_model.action_dim
-        self.encoder = ActionEncoder(num_actions, cfg.dim, self.latent_dim, encoder)
+        self.encoder = ActionEncoder(num_actions, cfg.dim, self.latent_dim, encoder or ActionEncoderConfig())
 
     # -- the two model families ----------------------------------------------------------------------
 
     def _parts(self, features: Tensor) -> dict[str, Tensor]:
-        """states [B, T, K, D]; per transition (folded (B T-1)): the FDM's input state, mu, logvar [.., K, A]."""
+        """states [B, T, K, D]; per transition, folded (B T-1): the FDM's input, mu, logvar [.., K, A]."""
         wm = self.world_model
         if self.factored:
             x, slots, _ = wm._encode(features)

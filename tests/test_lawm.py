@@ -11,7 +11,7 @@ import torch
 from model.action_encoder import ActionEncoder, ActionEncoderConfig, alignment_loss
 from model.flam import LAMConfig
 from model.iql import IQLAgent, IQLConfig, advantage_weights, expectile_loss, td_target
-from model.lawm import LatentActionWorldModel, LAWMLossConfig
+from model.lawm import LatentActionWorldModel
 from model.zoo import build_model
 from shards.tokens import CacheInfo, TokenCache, write_index, write_part
 from train.iql import fit_iql
@@ -199,5 +199,5 @@ def test_transitions_join_consecutive_clips_and_carry_rewards(tmp_path, seeded_o
 def test_transitions_refuse_a_cache_without_rewards(tmp_path):
     cache = reward_cache(tmp_path / "c", with_rewards=False)
     model = LatentActionWorldModel(build_model("flam", LAM), 15)
-    with pytest.raises(ValueError, match="holds no rewards.*re-ingest"):
+    with pytest.raises(ValueError, match=r"holds no rewards.*re-ingest"):
         transitions(model, cache, labelled=np.array([0]), device=torch.device("cpu"))

@@ -33,7 +33,7 @@ def labelled_episodes(episodes: np.ndarray, fraction: float, seed: int) -> np.nd
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"lawm labelled fraction must be in [0, 1], got {fraction}")
     ids = np.unique(np.asarray(episodes, np.int64))
-    count = 0 if fraction == 0 else max(1, int(round(fraction * len(ids))))
+    count = 0 if fraction == 0 else max(1, round(fraction * len(ids)))
     order = np.random.default_rng([seed, 0x1A3E]).permutation(len(ids))
     return np.sort(ids[order[:count]])
 
