@@ -201,3 +201,69 @@ def test_transitions_refuse_a_cache_without_rewards(tmp_path):
     model = LatentActionWorldModel(build_model("flam", LAM), 15)
     with pytest.raises(ValueError, match=r"holds no rewards.*re-ingest"):
         transitions(model, cache, labelled=np.array([0]), device=torch.device("cpu"))
+
+
+def test_lawm_stages_train_resume_and_play_the_env(tmp_path, seeded_one_thread):
+    """World model on a cache with half its episodes labelled, transitions, latent IQL and real-action BC,
+    then both policies play Procgen from its 64x64 view through a (random) tokenizer; a finished world
+    model is reused, one trained with other labels is refused."""
+    from model.tokenizer import TokenizerConfig
+    from train.common import load_tokenizer
+    from train.config import load_config
+    from train.lawm import latent_policy_act, rl_data
+    from train.lawm_fit import load_lawm, train_lawm
+    from train.policy_eval import EnvSpec, play
+
+    from .helpers import save_tokenizer
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cache"
+    n_eps, length = 4, 8
+    write_part(
+        folder,
+        "s0",
+        [rng.integers(0, 1024, (length, 8, 8)).astype(np.uint16) for _ in range(n_eps)],
+        [f"d-{e:08d}-0000" for e in range(n_eps)],
+        list(range(n_eps)),
+        [0] * n_eps,
+        actions=[rng.integers(0, 15, length) for _ in range(n_eps)],
+        rewards=[rng.random(length).astype(np.float32) for _ in range(n_eps)],
+        dones=[np.zeros(length, bool) for _ in range(n_eps)],
+    )
+    write_index(folder, CacheInfo("d", "train", "tok", "m", (4, 4, 4, 4, 4), (8, 8)), ["s0"])
+    cache = TokenCache(folder)
+    cfg = load_config(
+        None,
+        [
+            *("lam.dim=16", "lam.num_heads=2", "lam.depth=1", "lam.num_slots=2", "lam.num_tokens=64"),
+            *("lam.max_frames=4", "lam_train.window=4", "lam_train.batch_size=4", "lam_train.steps=6"),
+            *("lam_train.warmup_steps=1", "lam_train.log_every=2", "lam_train.ckpt_every=3"),
+            *("lawm.encoder.dim=16", "lawm.encoder.num_heads=2", "lawm.iql.steps=20", "lawm.iql.dim=16"),
+            "lawm.iql.num_heads=2",
+        ],
+    )
+    cpu = torch.device("cpu")
+    labelled = labelled_episodes(np.arange(n_eps), 0.5, seed=0)
+    ckpt = train_lawm(cfg, "flam", cache, labelled, tmp_path / "wm", cpu)
+    assert train_lawm(cfg, "flam", cache, labelled, tmp_path / "wm", cpu) == ckpt  # finished: reused
+    with pytest.raises(ValueError, match="other settings or data"):
+        train_lawm(cfg, "flam", cache, labelled[:1], tmp_path / "wm", cpu)
+    lawm, state = load_lawm(ckpt, cpu)
+    assert state["step"] == 6 and np.isfinite(state["metrics"]["align"])
+    data = transitions(lawm, cache, labelled, cpu)
+    assert data.labelled.sum() == 2 * (length - 1)
+    tok_cfg = TokenizerConfig(image_size=64, channels=(4, 4, 4), num_res_blocks=1)
+    tok, _ = load_tokenizer(save_tokenizer(tmp_path / "tok", tok_cfg), cpu)
+    spec = EnvSpec("bigfish", (1_000_000, 10))
+    for method, space, size in (
+        ("iql_latent", "latent", data.latents.shape[-1]),
+        ("bc_real", "discrete", 15),
+    ):
+        arrays = rl_data(data, method)
+        assert len(arrays["rewards"]) == (len(data.rewards) if space == "latent" else 2 * (length - 1))
+        agent = IQLAgent(space, LAM.dim // 2, size, cfg.lawm.iql)
+        fit_iql(agent, arrays, 0, cpu, bc=method.startswith("bc"))
+        returns = play(
+            latent_policy_act(lawm, agent, tok, cpu), spec, num_envs=2, episodes=2, seed=0, max_steps=5
+        )
+        assert len(returns) == 2
