@@ -203,6 +203,59 @@ def test_transitions_refuse_a_cache_without_rewards(tmp_path):
         transitions(model, cache, labelled=np.array([0]), device=torch.device("cpu"))
 
 
+def tiny_reward_cache(folder, n_eps: int = 4, length: int = 8) -> TokenCache:
+    """8x8 tokens per frame (a 64x64 frame through a 3-stage tokenizer), rewards, one clip per episode."""
+    rng = np.random.default_rng(0)
+    write_part(
+        folder,
+        "s0",
+        [rng.integers(0, 1024, (length, 8, 8)).astype(np.uint16) for _ in range(n_eps)],
+        [f"d-{e:08d}-0000" for e in range(n_eps)],
+        list(range(n_eps)),
+        [0] * n_eps,
+        actions=[rng.integers(0, 15, length) for _ in range(n_eps)],
+        rewards=[rng.random(length).astype(np.float32) for _ in range(n_eps)],
+        dones=[np.zeros(length, bool) for _ in range(n_eps)],
+    )
+    write_index(folder, CacheInfo("d", "train", "tok", "m", (4, 4, 4, 4, 4), (8, 8)), ["s0"])
+    return TokenCache(folder)
+
+
+TINY_LAWM = [
+    *("lam.dim=16", "lam.num_heads=2", "lam.depth=1", "lam.num_slots=2", "lam.num_tokens=64"),
+    *("lam.max_frames=4", "lam_train.window=4", "lam_train.batch_size=4", "lam_train.steps=6"),
+    *("lam_train.warmup_steps=1", "lam_train.log_every=2", "lam_train.ckpt_every=3"),
+    *("lam_train.latent_warmup_steps=1", "lawm.encoder.dim=16", "lawm.encoder.num_heads=2"),
+    *("lawm.iql.steps=20", "lawm.iql.dim=16", "lawm.iql.num_heads=2"),
+]
+
+
+def test_a_resumed_world_model_run_equals_an_uninterrupted_one(tmp_path, seeded_one_thread):
+    import shutil
+
+    from train.common import load_checkpoint
+    from train.config import load_config
+    from train.lawm_fit import train_lawm
+
+    cache = tiny_reward_cache(tmp_path / "cache")
+    cfg = load_config(None, [*TINY_LAWM, "lam_train.keep_last=2"])
+    cpu, labelled = torch.device("cpu"), np.array([0, 2])
+    done = train_lawm(cfg, "flam", cache, labelled, tmp_path / "a", cpu)
+    shutil.copytree(tmp_path / "a", tmp_path / "b", symlinks=True)
+    steps = {p: load_checkpoint(p)["step"] for p in (tmp_path / "b" / "ckpt").glob("ckpt-*.pt")}
+    assert sorted(steps.values()) == [3, 6]
+    for path, step in steps.items():  # "killed" after step 3: the step-6 checkpoint never got written
+        if step == 6:
+            path.unlink()
+        else:
+            (tmp_path / "b" / "ckpt" / "latest").unlink()
+            (tmp_path / "b" / "ckpt" / "latest").symlink_to(path.name)
+    resumed = train_lawm(cfg, "flam", cache, labelled, tmp_path / "b", cpu)
+    a, b = load_checkpoint(done)["model"], load_checkpoint(resumed)["model"]
+    assert load_checkpoint(resumed)["step"] == 6
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_lawm_stages_train_resume_and_play_the_env(tmp_path, seeded_one_thread):
     """World model on a cache with half its episodes labelled, transitions, latent IQL and real-action BC,
     then both policies play Procgen from its 64x64 view through a (random) tokenizer; a finished world
@@ -216,32 +269,9 @@ def test_lawm_stages_train_resume_and_play_the_env(tmp_path, seeded_one_thread):
 
     from .helpers import save_tokenizer
 
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "cache"
     n_eps, length = 4, 8
-    write_part(
-        folder,
-        "s0",
-        [rng.integers(0, 1024, (length, 8, 8)).astype(np.uint16) for _ in range(n_eps)],
-        [f"d-{e:08d}-0000" for e in range(n_eps)],
-        list(range(n_eps)),
-        [0] * n_eps,
-        actions=[rng.integers(0, 15, length) for _ in range(n_eps)],
-        rewards=[rng.random(length).astype(np.float32) for _ in range(n_eps)],
-        dones=[np.zeros(length, bool) for _ in range(n_eps)],
-    )
-    write_index(folder, CacheInfo("d", "train", "tok", "m", (4, 4, 4, 4, 4), (8, 8)), ["s0"])
-    cache = TokenCache(folder)
-    cfg = load_config(
-        None,
-        [
-            *("lam.dim=16", "lam.num_heads=2", "lam.depth=1", "lam.num_slots=2", "lam.num_tokens=64"),
-            *("lam.max_frames=4", "lam_train.window=4", "lam_train.batch_size=4", "lam_train.steps=6"),
-            *("lam_train.warmup_steps=1", "lam_train.log_every=2", "lam_train.ckpt_every=3"),
-            *("lawm.encoder.dim=16", "lawm.encoder.num_heads=2", "lawm.iql.steps=20", "lawm.iql.dim=16"),
-            "lawm.iql.num_heads=2",
-        ],
-    )
+    cache = tiny_reward_cache(tmp_path / "cache", n_eps, length)
+    cfg = load_config(None, TINY_LAWM)
     cpu = torch.device("cpu")
     labelled = labelled_episodes(np.arange(n_eps), 0.5, seed=0)
     ckpt = train_lawm(cfg, "flam", cache, labelled, tmp_path / "wm", cpu)

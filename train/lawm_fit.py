@@ -46,7 +46,8 @@ def build_lawm(cfg: Config, model_name: str) -> LatentActionWorldModel:
 
 def identity(cfg: Config, model_name: str, cache: TokenCache, labelled: np.ndarray) -> dict[str, Any]:
     """What a finished run must match to be reused: model, sizes, schedule, data and labelled episodes."""
-    lt = {k: v for k, v in to_dict(cfg.lam_train).items() if k not in ("run_dir", "log_every", "tokenizer")}
+    free = ("run_dir", "log_every", "tokenizer", "ckpt_every", "keep_last", "val_every", "val_clips")
+    lt = {k: v for k, v in to_dict(cfg.lam_train).items() if k not in free}
     return {
         "model": model_name,
         "lam": to_dict(cfg.lam),
@@ -65,7 +66,7 @@ def train_lawm(
     """Train (or resume, or reuse when finished) one LAWM world model; returns its checkpoint."""
     lt, want = cfg.lam_train, identity(cfg, model_name, cache, labelled)
     cache.require("actions")
-    ckpts = Checkpoints(run_dir, keep_last=1)
+    ckpts = Checkpoints(run_dir, keep_last=lt.keep_last)
     model = build_lawm(cfg, model_name).to(device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=lt.lr, betas=tuple(lt.betas), weight_decay=lt.weight_decay
