@@ -42,7 +42,7 @@ from model.fsq import FSQ
 from model.iql import IQLAgent
 from shards.config import merge, parse_overrides, to_dict
 from shards.tokens import TokenCache, cache_dir, file_id, manifest_sha256
-from train import expert, precompute, tokenizer
+from train import compare, expert, precompute, tokenizer
 from train.common import load_tokenizer
 from train.config import Config, brief_config, load_config
 from train.iql import fit_iql
@@ -117,11 +117,9 @@ def ingest_mix(cfg: Config, expert_ckpt: Path, brief: bool) -> Path:
 
 def token_cache(cfg: Config, root: Path) -> tuple[Config, TokenCache]:
     """Tokenizer and token cache of the mix (train split), made now or found; the config pointing at them."""
-    data = to_dict(cfg)
-    data["data"]["dataset"] = data_name(cfg)
-    data["tokenizer_train"]["run_dir"] = str(root / "tok")
-    data["lam_train"]["tokenizer"] = ""
-    data_cfg = load_config(None, data)
+    data_cfg = compare.with_runs(
+        load_config(None, merge(to_dict(cfg), {"data": {"dataset": data_name(cfg)}})), root
+    )
     tokenizer.main(data_cfg)
     precompute.main(data_cfg, data_cfg.tokenizer_checkpoint)
     tok_id = file_id(data_cfg.tokenizer_checkpoint)
