@@ -64,8 +64,10 @@ FULL: dict[str, Any] = {
 # CPU-sized: on top of configs/brief.yaml; the expert is make policy's brief expert.
 BRIEF: dict[str, Any] = {
     "data": {"root": "data/lawm-brief"},
-    "tokenizer": {"image_size": 64, "channels": [16, 32, 32], "num_res_blocks": 1},
-    "tokenizer_train": {"steps": 600, "image_every": 300, "ckpt_every": 300},
+    # Per-patch tokens (as the MultiGrid brief): bigfish's 64x64 frames are mostly black with small sprites,
+    # and a small IMPALA tokenizer collapsed to one code for every token in 600 steps (measured).
+    "tokenizer": {"arch": "patch", "patch_size": 8, "image_size": 64, "channels": [128, 128]},
+    "tokenizer_train": {"steps": 1500, "lr": 3.0e-3, "image_every": 500, "ckpt_every": 500},
     "lam": {"num_tokens": 64},
     "lam_train": {"steps": 300, "ckpt_every": 300, "latent_warmup_steps": 50},
     "expert": POLICY_BRIEF["expert"],
@@ -126,7 +128,26 @@ def token_cache(cfg: Config, root: Path) -> tuple[Config, TokenCache]:
     cache = TokenCache(cache_dir(data_cfg.data.root, data_cfg.data.dataset, tok_id, "train"))
     cache.check(tok_id, manifest_sha256(data_cfg.dataset_dir))
     cache.require("rewards")  # shards from before format version 2 have none: offline RL needs them
+    check_codes_move(cache)
     return data_cfg, cache
+
+
+def check_codes_move(cache: TokenCache) -> float:
+    """Share of tokens whose code changes from one frame to the next; refuse a cache where none does (a
+    collapsed tokenizer: the world model and the latent actions would have nothing to learn)."""
+    changed = total = 0
+    for i in range(len(cache)):
+        codes = np.asarray(cache.clip(i)["codes"])
+        changed += int((codes[1:] != codes[:-1]).sum())
+        total += codes[1:].size
+    share = changed / max(total, 1)
+    print(f"== token cache: {100 * share:.2f}% of tokens change code between consecutive frames", flush=True)
+    if changed == 0:
+        raise ValueError(
+            f"no code of {cache.dir} ever changes between frames: the tokenizer encodes every frame alike "
+            "(collapsed); train it longer or with other settings (tokenizer_train.*) and rerun"
+        )
+    return share
 
 
 def latent_policy_act(lawm, agent: IQLAgent, tok, device: torch.device) -> Act:
