@@ -297,3 +297,22 @@ def test_lawm_stages_train_resume_and_play_the_env(tmp_path, seeded_one_thread):
             latent_policy_act(lawm, agent, tok, cpu), spec, num_envs=2, episodes=2, seed=0, max_steps=5
         )
         assert len(returns) == 2
+
+
+def test_a_cache_whose_codes_never_change_is_refused(tmp_path):
+    from train.lawm import check_codes_move
+
+    moving = tiny_reward_cache(tmp_path / "moving")
+    assert 0.5 < check_codes_move(moving) <= 1.0  # random codes: almost every token changes
+    folder = tmp_path / "still"
+    write_part(
+        folder,
+        "s0",
+        [np.zeros((4, 8, 8), np.uint16)] * 2,
+        ["d-00000000-0000", "d-00000001-0000"],
+        [0, 1],
+        [0, 0],
+    )
+    write_index(folder, CacheInfo("d", "train", "tok", "m", (4, 4, 4, 4, 4), (8, 8)), ["s0"])
+    with pytest.raises(ValueError, match="collapsed"):
+        check_codes_move(TokenCache(folder))
