@@ -15,7 +15,7 @@ from model.lawm import LatentActionWorldModel
 from model.zoo import build_model
 from shards.tokens import CacheInfo, TokenCache, write_index, write_part
 from train.iql import fit_iql
-from train.lawm_data import episode_runs, labelled_episodes, transitions
+from train.lawm_data import episode_runs, inverse_accuracy, labelled_episodes, transitions
 
 LAM = LAMConfig(dim=32, num_heads=4, depth=1, num_slots=4, num_tokens=4, feature_dim=5, max_frames=4)
 
@@ -282,6 +282,8 @@ def test_lawm_stages_train_resume_and_play_the_env(tmp_path, seeded_one_thread):
     assert state["step"] == 6 and np.isfinite(state["metrics"]["align"])
     data = transitions(lawm, cache, labelled, cpu)
     assert data.labelled.sum() == 2 * (length - 1)
+    inverse = inverse_accuracy(lawm, transitions(lawm, cache, np.zeros(0, np.int64), cpu))
+    assert 0 <= inverse["accuracy"] <= 1 and inverse["transitions"] == n_eps * (length - 1)
     tok_cfg = TokenizerConfig(image_size=64, channels=(4, 4, 4), num_res_blocks=1)
     tok, _ = load_tokenizer(save_tokenizer(tmp_path / "tok", tok_cfg), cpu)
     spec = EnvSpec("bigfish", (1_000_000, 10))

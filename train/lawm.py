@@ -48,7 +48,7 @@ from train.config import Config, brief_config, load_config
 from train.iql import fit_iql
 from train.lam import to_features
 from train.lawm_config import LAWMConfig
-from train.lawm_data import Transitions, clip_episodes, labelled_episodes, transitions
+from train.lawm_data import Transitions, clip_episodes, inverse_accuracy, labelled_episodes, transitions
 from train.lawm_fit import NUM_ACTIONS, load_lawm, train_lawm
 from train.lawm_report import fraction_label, write_report
 from train.policy import BRIEF as POLICY_BRIEF
@@ -130,6 +130,13 @@ def token_cache(cfg: Config, root: Path) -> tuple[Config, TokenCache]:
     cache.require("rewards")  # shards from before format version 2 have none: offline RL needs them
     check_codes_move(cache)
     return data_cfg, cache
+
+
+def val_cache(data_cfg: Config, cache: TokenCache) -> TokenCache:
+    """The val split of the same token cache (for the held-out encoder-inverse accuracy)."""
+    val = TokenCache(cache.dir.parent / "val")
+    val.check(cache.info.tokenizer_id, cache.info.manifest_sha256)
+    return val
 
 
 def check_codes_move(cache: TokenCache) -> float:
@@ -243,6 +250,24 @@ class Scorer:
         )
 
 
+def inverse_table(inverse: dict[str, dict[str, float]]) -> str:
+    """Held-out encoder-inverse accuracy per world model and fraction, as Markdown."""
+    lines = [
+        "Shared latent space, held out (val split): the encoder inverse applied to the IDM's latents "
+        "recovers the action taken this often (next to it: a constant guess of the most frequent action).",
+        "",
+        "| world model | labelled | accuracy | most frequent action | transitions |",
+        "|---|---|---|---|---|",
+    ]
+    for key, v in inverse.items():
+        wm, fraction = key.split("/")
+        lines.append(
+            f"| {wm} | {fraction_label(float(fraction))} | {v['accuracy']:.3f} | {v['majority']:.3f} | "
+            f"{v['transitions']} |"
+        )
+    return "\n".join(lines)
+
+
 def main(config: str | Path, overrides: list[str], brief: bool) -> Path:
     start, clock = time.perf_counter(), {}
     cfg = load_config(config)
@@ -274,13 +299,14 @@ def main(config: str | Path, overrides: list[str], brief: bool) -> Path:
     ingest_mix(cfg, expert_ckpt, brief)
     stage("data")
     data_cfg, cache = token_cache(cfg, root)
+    val = val_cache(data_cfg, cache)
     tok, _ = load_tokenizer(data_cfg.tokenizer_checkpoint, device)
     stage("tokens")
 
     # 4-7. per labelled fraction: world models, transitions, policies, evaluation
     scorer = Scorer(lc, root, EnvSpec(game, tuple(lc.eval_levels)), device)
     episodes = clip_episodes(cache)[:, 0]
-    result: dict[str, Any] = {"fractions": {}, "labelled_episodes": {}, "world_models": {}}
+    result: dict[str, Any] = {"fractions": {}, "labelled_episodes": {}, "world_models": {}, "inverse": {}}
     for fraction in sorted(lc.fractions):
         labelled = labelled_episodes(episodes, fraction, lc.label_seed)
         flabel = fraction_label(fraction)
@@ -295,6 +321,8 @@ def main(config: str | Path, overrides: list[str], brief: bool) -> Path:
                 "metrics": state["metrics"],
             }
             data = transitions(lawm, cache, labelled, device)
+            inverse = inverse_accuracy(lawm, transitions(lawm, val, np.zeros(0, np.int64), device))
+            result["inverse"][f"{wm}/{fraction}"] = inverse
             for method in lc.methods:
                 if (
                     method.endswith("_real") and wm_index
@@ -310,7 +338,7 @@ def main(config: str | Path, overrides: list[str], brief: bool) -> Path:
     result["expert"] = scorer.reference("expert", expert_policy.id, lambda: expert_act)
     stage("world models + policies + evaluation")
 
-    notes = [f"Stage times (s): {json.dumps(clock)}."]
+    notes = [inverse_table(result["inverse"]), "", f"Stage times (s): {json.dumps(clock)}."]
     if scorer.best is not None:
         notes.insert(0, scorer.video(tok))
     result["timings_s"] = clock

@@ -128,3 +128,26 @@ def transitions(
     if not out["states"]:
         raise ValueError(f"no episode of {cache.dir} has two frames: no transition to learn from")
     return Transitions(**{k: np.concatenate(v) for k, v in out.items()})
+
+
+@torch.no_grad()
+def inverse_accuracy(model: LatentActionWorldModel, data: Transitions, batch: int = 1024) -> dict[str, float]:
+    """How much of the real action the shared latent space carries: the encoder inverse applied to the IDM's
+    latents of ``data`` (held-out, unlabelled transitions) against the actions taken, next to the share of
+    the most frequent action (what a constant guess scores)."""
+    device = next(model.parameters()).device
+    pred = torch.cat(
+        [
+            model.encoder.invert(
+                torch.from_numpy(data.states[i : i + batch]).to(device),
+                torch.from_numpy(data.latents[i : i + batch]).to(device),
+            ).cpu()
+            for i in range(0, len(data.actions), batch)
+        ]
+    ).numpy()
+    majority = np.bincount(data.actions).max() / len(data.actions)
+    return {
+        "accuracy": float((pred == data.actions).mean()),
+        "majority": float(majority),
+        "transitions": len(pred),
+    }
