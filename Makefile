@@ -23,7 +23,7 @@ TOKENIZER   ?=
 LAUNCH       = $(if $(filter 1,$(NPROC)),$(PY),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC))
 
 .DEFAULT_GOAL := help
-.PHONY: help demo setup test test-all lint format ingest tokenizer precompute train evaluate compare sweep controller plan expert policy bench-ingest bench-loader bench-plan bench-expert bench-gpu clean-data
+.PHONY: help demo setup test test-all lint format ingest tokenizer precompute train evaluate compare sweep controller plan expert policy lawm bench-ingest bench-loader bench-plan bench-expert bench-gpu clean-data
 MODEL       ?= flam
 BRIEF       ?= 1
 RUNS        ?=
@@ -105,6 +105,10 @@ expert: $(STAMP)  ## train the RL expert (PPG) on a Procgen DATASET -> runs/expe
 policy: BRIEF = 0
 policy: $(STAMP)  ## expert, demos, world models, pseudo-labels, BC -> Table 4 (full size; BRIEF=1: CPU minutes)
 	$(PY) -m train.policy --config $(CONFIG) $(if $(filter 1,$(BRIEF)),--brief) --nproc $(NPROC) $(ARGS)
+
+lawm: BRIEF = 0
+lawm: $(STAMP)  ## LAWM-style world model on labelled + unlabelled episodes, offline RL in latent space -> return vs labels (BRIEF=1: CPU minutes)
+	$(PY) -m train.lawm --config $(CONFIG) $(if $(filter 1,$(BRIEF)),--brief) $(ARGS)
 
 bench-expert: $(STAMP)  ## expert env-steps/s vs the bare batched Procgen env stepping random actions
 	$(PY) -m bench.expert

@@ -72,7 +72,10 @@ class IngestConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        return {**to_dict(self), "source_kind": self.source_kind}
+        out = {**to_dict(self), "source_kind": self.source_kind}
+        for key in getattr(self.source, "unused_keys", tuple)():
+            out["source"].pop(key, None)
+        return out
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,9 @@ def _resolve_procgen(cfg: IngestConfig, overrides: dict[str, Any]) -> IngestConf
     expert trains: the resolved path goes into the dataset's config (and manifest), so a rerun with a
     retrained expert is a different dataset, refused rather than mixed."""
     policy = cfg.source.policy
+    if policy == "mixed":
+        expert = str(Path(cfg.source.expert).resolve(strict=True))
+        return replace(cfg, source=replace(cfg.source, expert=expert))
     if policy in POLICIES:
         return cfg
     return replace(cfg, source=replace(cfg.source, policy=str(Path(policy).resolve(strict=True))))

@@ -26,7 +26,7 @@ import importlib.util
 import io
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
@@ -106,6 +106,12 @@ class ProcgenConfig:
     # [start_level, start_level + num_levels), e.g. expert demos on levels the BC policy is never scored on.
     start_level: int = 0
     num_levels: int = 0
+    # policy = "mixed" (offline-RL data): each episode is played, by a draw from its seed, by the expert
+    # checkpoint ``expert``, the expert with probability-``epsilon`` uniform random actions, or uniform
+    # random actions, with probabilities ``behaviour_mix``; the episode's meta records which.
+    expert: str = ""
+    behaviour_mix: tuple[float, ...] = (0.4, 0.3, 0.3)  # (expert, noisy expert, random)
+    epsilon: float = 0.3
 
     def __post_init__(self) -> None:
         if self.game not in PROCGEN_GAMES:
@@ -130,6 +136,8 @@ class ProcgenConfig:
             )
         if self.max_episode_len < 1:
             raise ValueError(f"max_episode_len must be >= 1, got {self.max_episode_len}")
+        if self.policy == "mixed":
+            self._check_mix()
         if self.policy not in POLICIES and not Path(self.policy).exists():
             raise ValueError(
                 f"unknown Procgen policy {self.policy!r}: neither one of {', '.join(POLICIES)} nor an "
@@ -139,6 +147,26 @@ class ProcgenConfig:
         if not self.fps > 0:
             raise ValueError(f"fps must be > 0, got {self.fps}")
         check_level_range(self.start_level, self.num_levels, "source.")
+
+    def _check_mix(self) -> None:
+        if not self.expert or not Path(self.expert).exists():
+            raise ValueError(
+                f"source.policy=mixed needs source.expert, an expert checkpoint, got {self.expert!r}; "
+                "train one: make expert DATASET=<game> writes runs/expert-<game>/ckpt/latest"
+            )
+        mix = self.behaviour_mix
+        if len(mix) != 3 or min(mix) < 0 or not sum(mix) > 0:
+            raise ValueError(
+                f"source.behaviour_mix must be three weights >= 0 (expert, noisy expert, random) with a "
+                f"positive sum, got {list(mix)}"
+            )
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise ValueError(f"source.epsilon must be in [0, 1], got {self.epsilon}")
+
+    def unused_keys(self) -> tuple[str, ...]:
+        """Keys that do not shape the data under this policy: left out of the dataset's identity, so
+        datasets ingested before they existed still match their config."""
+        return () if self.policy == "mixed" else ("expert", "behaviour_mix", "epsilon")
 
 
 MAX_LEVEL = 2**31  # procgen level seeds are int32
@@ -245,11 +273,39 @@ class CheckpointPolicy:
         return int(min(np.searchsorted(cdf, self._rng.random() * cdf[-1], side="right"), len(probs) - 1))
 
 
+BEHAVIOURS = ("expert", "noisy_expert", "random")
+
+
+class MixedPolicy:
+    """A behaviour mix for offline RL: per episode, drawn from its seed with ``cfg.behaviour_mix``, the
+    expert (``cfg.expert``), the expert taking a uniform random action with probability ``cfg.epsilon`` at
+    each step, or uniform random actions. ``behaviour`` names the current episode's draw."""
+
+    def __init__(self, cfg: ProcgenConfig, num_actions: int) -> None:
+        self.expert = CheckpointPolicy(replace(cfg, policy=cfg.expert), num_actions)
+        self.num_actions, self.epsilon = num_actions, cfg.epsilon
+        self.weights = np.asarray(cfg.behaviour_mix, np.float64) / sum(cfg.behaviour_mix)
+        self._rng = np.random.default_rng(0)
+        self.behaviour = BEHAVIOURS[0]
+
+    def reset(self, seed: int) -> None:
+        self._rng = np.random.default_rng([seed, 0xB3A])
+        self.behaviour = BEHAVIOURS[int(self._rng.choice(len(BEHAVIOURS), p=self.weights))]
+        self.expert.reset(seed)
+
+    def act(self, obs64: np.ndarray) -> int:
+        noisy = self.behaviour == "noisy_expert" and self._rng.random() < self.epsilon
+        if self.behaviour == "random" or noisy:
+            return int(self._rng.integers(self.num_actions))
+        return self.expert.act(obs64)
+
+
 # name -> factory(cfg, num_actions). The one place a policy name is resolved (``make_policy``).
 PolicyFactory = Callable[[ProcgenConfig, int], Policy]
 POLICIES: dict[str, PolicyFactory] = {
     "random": lambda cfg, num_actions: RandomPolicy(num_actions),
     "sticky_random": lambda cfg, num_actions: StickyRandomPolicy(num_actions),
+    "mixed": MixedPolicy,
 }
 
 
@@ -389,6 +445,7 @@ def render_episode(cfg: ProcgenConfig, seed: int) -> Episode:
             "truncated": truncated,
             "level_complete": level_complete,
             "episode_return": float(np.sum(rewards, dtype=np.float64)),
+            "behaviour": getattr(policy, "behaviour", cfg.policy),
             "action_names": action_names(env.combos),
         }
     finally:

@@ -245,6 +245,8 @@ SMALL_LAM = ["lam.vq_codes=16", "lam.slot_pretrain_steps=1"]
 def small_world(root: Path, models: tuple[str, ...], steps: int = 2) -> tuple[Path, dict[str, Path]]:
     """A 64x64 MultiGrid set (24 episodes of 16 frames), a random tokenizer for it, the token cache of
     every split and ``steps``-step runs of ``models`` -> (tokenizer checkpoint, {model: run folder})."""
+    from ingest.config import RunOptions, build_config
+    from ingest.pipeline import run_ingest
     from train import lam as train_lam
     from train import precompute
 

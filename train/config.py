@@ -21,6 +21,7 @@ from model.policy import PolicyNetConfig
 from model.tokenizer import TokenizerConfig
 from shards.config import ConfigError, from_dict, load_yaml, merge, parse_overrides, to_dict
 from shards.format import SPLITS
+from train.lawm_config import LAWMConfig
 from train.supervised import FitConfig
 
 
@@ -377,6 +378,7 @@ class Config:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     expert: ExpertConfig = field(default_factory=ExpertConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    lawm: LAWMConfig = field(default_factory=LAWMConfig)
 
     def __post_init__(self) -> None:
         # FLAM's factorizer has one learned time embedding per position of its window: training on shorter
