@@ -16,7 +16,8 @@ CLIP_LEN    ?=
 ARGS        ?=
 CONFIG      ?= configs/$(DATASET).yaml
 NPROC       ?= 1
-# Tokenizer checkpoint for precompute and train; empty: the config's own (tokenizer_train.run_dir/ckpt/latest).
+# Tokenizer checkpoint for precompute and train (the config key data.tokenizer); empty: the config's own
+# (data.tokenizer, else tokenizer_train.run_dir/ckpt/latest).
 TOKENIZER   ?=
 # One process: plain python. More: torchrun on this node (multi-node: call torchrun yourself, see README).
 LAUNCH       = $(if $(filter 1,$(NPROC)),$(PY),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC))
@@ -31,7 +32,7 @@ RUN         ?=
 LATENT      ?=
 
 demo: $(STAMP)  ## the whole job on a small MultiGrid set (ingest, tokenizer, tokens, FLAM, report), CPU ok
-	$(PY) train/demo.py --config configs/demo.yaml $(ARGS)
+	$(PY) -m train.demo --config configs/demo.yaml $(ARGS)
 
 help:  ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -67,50 +68,50 @@ ingest: $(STAMP)  ## render/extract DATASET into clip shards under OUT (EPISODES
 		$(if $(CLIP_LEN),--clip-len $(CLIP_LEN)) $(ARGS)
 
 tokenizer: $(STAMP)  ## train the FSQ tokenizer of DATASET on its shards in OUT (NPROC= CONFIG= ARGS=)
-	$(LAUNCH) train/tokenizer.py --config $(CONFIG) data.root=$(OUT) $(ARGS)
+	$(LAUNCH) -m train.tokenizer --config $(CONFIG) data.root=$(OUT) $(ARGS)
 
 precompute: $(STAMP)  ## encode DATASET's shards with TOKENIZER into the token cache + Recon report (NPROC=)
-	$(LAUNCH) train/precompute.py --config $(CONFIG) $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) data.root=$(OUT) $(ARGS)
+	$(LAUNCH) -m train.precompute --config $(CONFIG) $(if $(TOKENIZER),data.tokenizer=$(TOKENIZER)) data.root=$(OUT) $(ARGS)
 
 train: $(STAMP)  ## train MODEL (flam, ...) on DATASET's token cache (NPROC= CONFIG= ARGS=)
-	$(LAUNCH) train/lam.py --config $(CONFIG) model=$(MODEL) data.root=$(OUT) \
-		$(if $(TOKENIZER),lam_train.tokenizer=$(TOKENIZER)) $(ARGS)
+	$(LAUNCH) -m train.lam --config $(CONFIG) model=$(MODEL) data.root=$(OUT) \
+		$(if $(TOKENIZER),data.tokenizer=$(TOKENIZER)) $(ARGS)
 
 evaluate: $(STAMP)  ## score trained runs against ground truth: Table 1, DCI, videos (RUNS="runs/a runs/b" ARGS=)
-	$(PY) train/evaluate.py --runs $(RUNS) $(ARGS)
+	$(PY) -m train.evaluate --runs $(RUNS) $(ARGS)
 
 compare: $(STAMP)  ## train all six models on DATASET, then Table 1 (BRIEF=1: CPU minutes; BRIEF=0: full preset, NPROC GPUs)
-	$(PY) train/compare.py --config $(CONFIG) $(if $(filter 1,$(BRIEF)),--brief) --nproc $(NPROC) $(ARGS)
+	$(PY) -m train.compare --config $(CONFIG) $(if $(filter 1,$(BRIEF)),--brief) --nproc $(NPROC) $(ARGS)
 
 sweep: $(STAMP)  ## capacity sweep of MODEL's latent families on DATASET (LATENT=kl|sparse|vq; BRIEF=1: CPU size)
-	$(PY) train/sweep.py --config $(CONFIG) $(if $(filter 1,$(BRIEF)),--brief) --model $(MODEL) \
+	$(PY) -m train.sweep --config $(CONFIG) $(if $(filter 1,$(BRIEF)),--brief) --model $(MODEL) \
 		$(if $(LATENT),--latent $(LATENT)) --nproc $(NPROC) $(ARGS)
 
 controller: $(STAMP)  ## controller from real actions to RUN's latent actions (ARGS="controller.kind=adapter")
-	$(PY) train/controller.py --run $(RUN) $(ARGS)
+	$(PY) -m train.controller --run $(RUN) $(ARGS)
 
 plan: $(STAMP)  ## MultiGrid planning with RUNS="..." (none: make compare's models, trained first; BRIEF=1: CPU size)
-	$(PY) train/plan.py $(if $(RUNS),--runs $(RUNS),--config $(CONFIG) $(if $(filter 1,$(BRIEF)),--brief) \
+	$(PY) -m train.plan $(if $(RUNS),--runs $(RUNS),--config $(CONFIG) $(if $(filter 1,$(BRIEF)),--brief) \
 		--nproc $(NPROC)) $(ARGS)
 
 bench-plan: $(STAMP)  ## planning steps/s vs a bare batched forward of the same world model
-	$(PY) bench/plan.py
+	$(PY) -m bench.plan
 
 expert: $(STAMP)  ## train the RL expert (PPG) on a Procgen DATASET -> runs/expert-<game>/ (resumable; ARGS=)
-	$(PY) train/expert.py --config $(CONFIG) $(ARGS)
+	$(PY) -m train.expert --config $(CONFIG) $(ARGS)
 
 policy: BRIEF = 0
 policy: $(STAMP)  ## expert, demos, world models, pseudo-labels, BC -> Table 4 (full size; BRIEF=1: CPU minutes)
-	$(PY) train/policy.py --config $(CONFIG) $(if $(filter 1,$(BRIEF)),--brief) --nproc $(NPROC) $(ARGS)
+	$(PY) -m train.policy --config $(CONFIG) $(if $(filter 1,$(BRIEF)),--brief) --nproc $(NPROC) $(ARGS)
 
 bench-expert: $(STAMP)  ## expert env-steps/s vs the bare batched Procgen env stepping random actions
-	$(PY) bench/expert.py
+	$(PY) -m bench.expert
 
 bench-loader: $(STAMP)  ## loader clips/s vs a bare decord loop over the same shards
-	$(PY) bench/loader.py
+	$(PY) -m bench.loader
 
 bench-ingest: $(STAMP)  ## ingest throughput vs the bare render loop, and 1 -> 2 worker scaling
-	$(PY) bench/ingest.py
+	$(PY) -m bench.ingest
 
 clean-data:  ## delete the default data/ folder
 	rm -rf data

@@ -1,7 +1,7 @@
 """Planning steps/s against a bare batched forward of the same world model on the same candidates.
 
-    python bench/plan.py                                   # CPU: brief-size models (width 64, 8x8 tokens)
-    python bench/plan.py --device cuda --dim 256 --tokens 256 --repeats 5
+    python -m bench.plan                                   # CPU: brief-size models (width 64, 8x8 tokens)
+    python -m bench.plan --device cuda --dim 256 --tokens 256 --repeats 5
 
 One planning step of ``train/plan.py`` (``train/planner.py``): observe (slot-agent matching on the
 context for a factored model), then search: exhaustive over 4^H sequences (H = 4: 256 candidates) or
@@ -23,17 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
 
 from bench.timing import interleaved, timed
+from model.config import LAMConfig
 from model.controller import Controller
-from model.flam import LAMConfig
 from model.fsq import FSQ
 from model.zoo import build_model
 from train.controller import BoundController
@@ -59,6 +56,7 @@ def imagination(name: str, args, device) -> tuple[ModelImagination, object]:
         slot_iters=2,
         max_frames=8,
         num_tokens=args.tokens,
+        feature_dim=5,
         num_actions=7,
         num_actors=AGENTS,
     )

@@ -1,7 +1,7 @@
 """Precompute frames/s against the tokenizer's encode on in-memory frames, measured in the same run.
 
-    python bench/precompute.py                                  # CPU defaults: 12 episodes, 3 repeats, ~3 min
-    python bench/precompute.py --device cuda --episodes 200 --episodes-per-shard 10
+    python -m bench.precompute                                  # CPU defaults: 12 episodes, 3 repeats, ~3 min
+    python -m bench.precompute --device cuda --episodes 200 --episodes-per-shard 10
 
 Setup (untimed): ingest --episodes MultiGrid episodes into a temp dir, save a randomly initialised
 tokenizer of the configs/multigrid.yaml preset (speed does not depend on the weights), and decode every
@@ -37,8 +37,6 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
@@ -99,7 +97,7 @@ def main() -> None:
         manifest = run_ingest(ingest_cfg, RunOptions(out=str(tmp), executor="local", progress=False))
         preset = load_config("configs/multigrid.yaml")
         ckpt = save_tokenizer(tmp / "tok", preset.tokenizer)
-        overrides: dict = {"data": {"root": str(tmp)}, "lam_train": {"tokenizer": str(ckpt)}}
+        overrides: dict = {"data": {"root": str(tmp), "tokenizer": str(ckpt)}}
         if args.batch_clips:
             overrides["precompute"] = {"batch_clips": args.batch_clips}
         cfg: Config = load_config("configs/multigrid.yaml", overrides)

@@ -1,19 +1,19 @@
 """FLAM training samples/s from the token cache against the pixel path, measured in the same run.
 
-    python bench/train_throughput.py                            # CPU defaults: batch 8, 3 x 3 steps, ~2-3 min
-    python bench/train_throughput.py --device cuda --batch 32 --steps 20 --episodes 60
-    python bench/train_throughput.py --dim 64 --depth 1         # a smaller FLAM for a quick CPU run
+    python -m bench.train_throughput                            # CPU defaults: batch 8, 3 x 3 steps, ~2-3 min
+    python -m bench.train_throughput --device cuda --batch 32 --steps 20 --episodes 60
+    python -m bench.train_throughput --dim 64 --depth 1         # a smaller FLAM for a quick CPU run
 
 Setup (untimed): ingest --episodes MultiGrid episodes into a temp dir, save a randomly initialised
 tokenizer of the configs/multigrid.yaml preset (speed does not depend on the weights) and build its
 train token cache with ``train.precompute.main``. One FLAM (configs/multigrid.yaml LAMConfig, N=256
 tokens of F=5, ``--dim/--depth`` override the preset) with one AdamW then trains on batches of B
 windows of T frames from either path:
-  cache       the step of train/lam.py: TokenWindows + GlobalBatches -> collate -> to_features (+ noise)
+  cache       the step of train/lam.py: TokenWindows + GlobalBatches -> collate -> to_model_batch (+ noise)
               -> forward / backward / grad clip / AdamW / LR schedule
   pixel       ClipLoader(ClipDataset(train, endless, shuffled, buffer, window=T), B, --workers) decodes the
               clips every step, the frozen tokenizer encodes them (``tokenizer.encode``, as precompute
-              does) -> to_features (+ noise) -> the same step
+              does) -> codes_to_features (+ noise) -> the same step
   cache-data  the cache path without the model step: time to produce one batch of features
   pixel-data  the pixel path without the model step (decode + encode): what the cache removes
 Headline ratios: samples/s cache / pixel (DESIGN target >= 20x) and cache-data / pixel-data. On a CPU
@@ -34,26 +34,23 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 
 from bench.timing import interleaved, sync, timed
-from model.fsq import FSQ
 from model.zoo import build_model
 from shards.loader import ClipDataset, ClipLoader
-from shards.tokens import TokenCache, TokenWindows, cache_dir
+from shards.tokens import TokenCache, cache_dir
 from tests.helpers import ingest_multigrid, save_tokenizer
 from train import precompute
+from train.batches import GlobalBatches, TokenWindows, collate, to_model_batch
 from train.common import load_tokenizer, warmup_cosine
 from train.config import Config, load_config
-from train.lam import GlobalBatches, collate, step_noise, to_features
+from train.lam import step_noise
 
 Batch = dict[str, torch.Tensor]
 
@@ -93,19 +90,18 @@ class Trainer:
 class CacheBatches:
     """Feature batches from the token cache, as train/lam.py makes them."""
 
-    def __init__(self, cfg: Config, split_dir: Path, trainer: Trainer) -> None:
+    def __init__(self, cfg: Config, split_dir: Path, tokenizer: torch.nn.Module, trainer: Trainer) -> None:
         lt = cfg.lam_train
         cache = TokenCache(split_dir)
         self.windows = TokenWindows(cache, lt.window, lt.window_stride)
         self.batches = GlobalBatches(len(self.windows), lt.batch_size, lt.seed)
-        self.fsq = FSQ(cache.info.levels).to(trainer.device)
+        self.tokenizer = tokenizer
         self.trainer = trainer
 
     def next(self) -> Batch:
         t = self.trainer
         items = [self.windows[int(i)] for i in self.batches.indices(t.step, 0, 1)]
-        batch = {k: v.to(t.device, non_blocking=True) for k, v in collate(items).items()}
-        batch["features"] = to_features(batch.pop("codes"), self.fsq)
+        batch = to_model_batch(collate(items), self.tokenizer, t.device, check_codes=False)
         return t.add_noise(batch)
 
 
@@ -114,7 +110,6 @@ class PixelBatches:
 
     def __init__(self, cfg: Config, tokenizer: torch.nn.Module, trainer: Trainer, workers: int) -> None:
         self.cfg, self.tokenizer, self.trainer, self.workers = cfg, tokenizer, trainer, workers
-        self.fsq = FSQ(tuple(cfg.tokenizer.levels)).to(trainer.device)
         self.stream: Iterator[dict] | None = None
 
     def start(self) -> None:
@@ -144,7 +139,8 @@ class PixelBatches:
 
     def next(self) -> Batch:
         raw = next(self.stream)
-        batch = {"features": to_features(self.encode(raw["frames"]), self.fsq)}
+        codes = self.encode(raw["frames"])
+        batch = {"features": self.tokenizer.codes_to_features(codes, check=False).flatten(2, 3)}
         for name in ("actions", "positions"):
             if name in raw:
                 batch[name] = raw[name].to(self.trainer.device, non_blocking=True)
@@ -162,13 +158,13 @@ def setup(args: argparse.Namespace, tmp: Path) -> tuple[Config, Path]:
     cfg = load_config(
         "configs/multigrid.yaml",
         {
-            "data": {"root": str(tmp), "num_workers": args.workers},
+            "data": {"root": str(tmp), "num_workers": args.workers, "tokenizer": str(ckpt)},
             "lam": lam,
-            "lam_train": {"batch_size": args.batch, "window": args.window, "tokenizer": str(ckpt)},
+            "lam_train": {"batch_size": args.batch, "window": args.window},
             "precompute": {"splits": ["train"], "report_clips": 1},
         },
     )
-    precompute.main(cfg, ckpt)  # on cuda when there is one: setup only, untimed
+    precompute.main(cfg)  # on cuda when there is one: setup only, untimed
     _, tokenizer_id = load_tokenizer(ckpt, torch.device("cpu"))
     split_dir = cache_dir(cfg.data.root, cfg.data.dataset, tokenizer_id, "train")
     print(f"setup (ingest, tokenizer, token cache) took {time.perf_counter() - t0:.0f}s", flush=True)
@@ -206,7 +202,7 @@ def main() -> None:
         cfg, split_dir = setup(args, tmp)
         tokenizer, _ = load_tokenizer(cfg.tokenizer_checkpoint, device)
         trainer = Trainer(cfg, device)
-        cache = CacheBatches(cfg, split_dir, trainer)
+        cache = CacheBatches(cfg, split_dir, tokenizer, trainer)
         pixel = PixelBatches(cfg, tokenizer, trainer, args.workers)
         b = args.batch
 

@@ -43,9 +43,15 @@ class TokenWorldModel(nn.Module):
     has_slots: bool = False  # ``slots(features)`` exists (DCI probe)
     factored: bool = False  # one latent action per slot (controllable generation of one entity)
     has_unused_parameters: bool = False  # staged training: DDP must look for parameters without grads
+    staged: bool = False  # learns its slots alone for cfg.slot_pretrain_steps first (PlaySlot, SlotFormer)
 
     def __init__(self, cfg) -> None:
         super().__init__()
+        if cfg.num_tokens < 1 or cfg.feature_dim < 1:
+            raise ValueError(
+                f"LAMConfig.num_tokens={cfg.num_tokens} / feature_dim={cfg.feature_dim}: set both (0 means "
+                "'from the token cache', which train/lam.py reads before it builds the model)"
+            )
         self.cfg = cfg
         d = cfg.dim
         self.embed = nn.Linear(cfg.feature_dim, d)

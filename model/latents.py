@@ -29,7 +29,7 @@ pushed to emit varying latents, i.e. to act (and the forward model would have to
 Pooled, the variance the batch needs can come from the slots that do act, and a quiet slot may sit at a
 constant latent; only its energy term E(z) (per latent, not a batch statistic) applies to it. Slot
 permutation symmetry also argues for pooling: slot indices carry no identity, so per-index statistics would
-constrain an arbitrary labelling. ``tests/test_latents.py`` checks that, pooled, the VCM gradient on a
+constrain an arbitrary labelling. ``tests/model/test_latents.py`` checks that, pooled, the VCM gradient on a
 constant slot vanishes once the other slots carry the variance, and that per-slot statistics would not.
 
 Under torchrun the sparse statistics are taken over the *global* batch (a differentiable all-gather), so

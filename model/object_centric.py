@@ -30,7 +30,8 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from model.flam import FLAM, Aggregator, LAMConfig
+from model.config import LAMConfig
+from model.flam import FLAM, Aggregator
 
 
 class PlaySlot(FLAM):
@@ -38,6 +39,7 @@ class PlaySlot(FLAM):
 
     latent = "kl"
     has_unused_parameters = True  # each stage leaves the other stage's parameters without gradients
+    staged = True
 
     def __init__(self, cfg: LAMConfig) -> None:
         super().__init__(dataclasses.replace(cfg, factorizer_temporal=False))  # SAVi slots

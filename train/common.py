@@ -422,7 +422,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def load_tokenizer(path: str | Path, device: torch.device):
     """Rebuild the frozen tokenizer from the config inside its checkpoint -> (Tokenizer, tokenizer id).
 
-    The id is a hash of the checkpoint file: it names the token cache made with these weights.
+    The id is a hash of the checkpoint file: it names the token cache made with these weights. Loading
+    draws no random numbers from the caller's generators (a trainer may load it before building its model).
     """
     from model.tokenizer import Tokenizer, TokenizerConfig
     from shards.config import from_dict
@@ -431,7 +432,10 @@ def load_tokenizer(path: str | Path, device: torch.device):
     state = load_checkpoint(path, map_location="cpu")
     if state.get("kind") != "tokenizer":
         raise ValueError(f"{path} is not a tokenizer checkpoint (kind {state.get('kind')!r})")
-    model = Tokenizer(from_dict(TokenizerConfig, state["tokenizer_config"]))
+    with torch.random.fork_rng(
+        devices=[]
+    ):  # its random init is overwritten: leave the caller's RNG as it was
+        model = Tokenizer(from_dict(TokenizerConfig, state["tokenizer_config"]))
     model.load_state_dict(state["model"])
     return model.to(device).eval().requires_grad_(False), file_id(path)
 
@@ -444,16 +448,17 @@ def load_world_model(path: str | Path, device: torch.device):
     config re-declared on the command line: an override that changes no weight shape (``lam.coupling``,
     ``lam.slot_iters``) would otherwise silently score a different model than the one trained.
     """
-    from model.flam import LAMConfig
+    from model.config import LAMConfig
     from model.zoo import build_model
     from shards.config import from_dict
+    from train.config import upgrade_config_dict
 
     state = load_checkpoint(path, map_location="cpu")
     if state.get("kind") != "lam":
         raise ValueError(
             f"{path} is not a world-model checkpoint of train/lam.py (kind {state.get('kind')!r})"
         )
-    config = state["config"]
+    config = upgrade_config_dict(state["config"])
     model = build_model(config["model"], from_dict(LAMConfig, config["lam"]))
     model.load_state_dict(state["model"])
     return model.to(device).eval(), config, int(state["step"])

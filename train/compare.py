@@ -1,8 +1,8 @@
 """Train every model of the paper's Tables 1 and 6 on one dataset and write the comparison (``make compare``).
 
-    python train/compare.py --config configs/multigrid.yaml --brief       # CPU: configs/brief.yaml sizes
-    python train/compare.py --config configs/bigfish.yaml --nproc 8       # the full preset on 8 GPUs
-    python train/compare.py --config configs/multigrid.yaml --models flam genie flam_global
+    python -m train.compare --config configs/multigrid.yaml --brief       # CPU: configs/brief.yaml sizes
+    python -m train.compare --config configs/bigfish.yaml --nproc 8       # the full preset on 8 GPUs
+    python -m train.compare --config configs/multigrid.yaml --models flam genie flam_global
 
 Stages, each resumed or skipped when already done (same folders, same config): ingest the dataset
 (simulators; nuPlan must be ingested first, see docs/nuplan.md), train its tokenizer, precompute the token
@@ -22,20 +22,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 from tqdm import tqdm
 
 from model.zoo import TABLE1_ORDER
 from shards.config import merge, parse_overrides, split_overrides, to_dict
+from shards.tokens import TokenCache, cache_dir, file_id
 from train import evaluate, precompute, tokenizer
-from train.config import Config, brief_config, load_config, save_config
+from train.config import Config, brief_config, check_stages, load_config, save_config
 
 # Table 1's models, then the factorizer ablation of Table 6 (its DCI is Table 7's second column).
 COMPARED = (*TABLE1_ORDER, "flam_no_temporal")
-REPO = Path(__file__).resolve().parents[1]
 
 
 def with_runs(cfg: Config, root: Path, model: str = "flam") -> Config:
@@ -44,13 +41,14 @@ def with_runs(cfg: Config, root: Path, model: str = "flam") -> Config:
     data["model"] = model
     data["tokenizer_train"]["run_dir"] = str(root / "tok")
     data["lam_train"]["run_dir"] = str(root / model)
-    data["lam_train"]["tokenizer"] = ""
+    data["data"]["tokenizer"] = ""
     data["eval"]["out"] = str(root / "eval")
     return load_config(None, data)
 
 
-def torchrun(script: str, config: Path, nproc: int, extra: list[str]) -> list[str]:
-    """The command that runs a training stage: torchrun on this node for several GPUs, else python."""
+def launch(module: str, config: Path, nproc: int, extra: list[str]) -> list[str]:
+    """The command that runs a training stage (``train.lam``, ...): torchrun on this node for several
+    GPUs, else python."""
     if nproc > 1:
         launcher = [
             sys.executable,
@@ -61,7 +59,7 @@ def torchrun(script: str, config: Path, nproc: int, extra: list[str]) -> list[st
         ]
     else:
         launcher = [sys.executable]
-    return [*launcher, str(REPO / script), "--config", str(config), *extra]
+    return [*launcher, "-m", module, "--config", str(config), *extra]
 
 
 def train_models(cfgs: list[Config], root: Path, nproc: int, jobs: int) -> None:
@@ -80,9 +78,7 @@ def train_models(cfgs: list[Config], root: Path, nproc: int, jobs: int) -> None:
         log = logs / f"{name}.log"
         start = time.perf_counter()
         with open(log, "w") as out:
-            done = subprocess.run(
-                torchrun("train/lam.py", config, nproc, []), stdout=out, stderr=out, env=env
-            )
+            done = subprocess.run(launch("train.lam", config, nproc, []), stdout=out, stderr=out, env=env)
         if done.returncode:
             raise RuntimeError(f"training {name} failed (exit {done.returncode}); see {log}")
         return f"{name} {time.perf_counter() - start:.0f}s"
@@ -126,12 +122,11 @@ def prepare(cfg: Config, root: Path, nproc: int) -> None:
     if nproc > 1:
         path = root / "tokenizer-config.yaml"
         save_config(cfg, path)
-        subprocess.run(torchrun("train/tokenizer.py", path, nproc, []), check=True)
-        tokens = ["--tokenizer", str(cfg.tokenizer_checkpoint)]
-        subprocess.run(torchrun("train/precompute.py", path, nproc, tokens), check=True)
+        subprocess.run(launch("train.tokenizer", path, nproc, []), check=True)
+        subprocess.run(launch("train.precompute", path, nproc, []), check=True)
     else:
         tokenizer.main(cfg)
-        precompute.main(cfg, cfg.tokenizer_checkpoint)
+        precompute.main(cfg)
 
 
 def main(
@@ -142,8 +137,11 @@ def main(
     cfg = preset(config, overrides, brief)
     root = compare_root(cfg.data.dataset, brief)
     cfg = with_runs(cfg, root)
+    for model in models:  # refuse a run that never leaves its first stage before hours of training
+        check_stages(with_runs(cfg, root, model))
     prepare(cfg, root, nproc)
-    has_actions = any(cfg.dataset_dir.glob("tokens/*/train/parts/*/actions.npy"))
+    train_cache = cache_dir(cfg.data.root, cfg.data.dataset, file_id(cfg.tokenizer_checkpoint), "train")
+    has_actions = TokenCache(train_cache).has("actions")
     runs = []
     for model in models:
         if model == "world_model" and not has_actions:

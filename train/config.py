@@ -9,14 +9,14 @@ components are rebuilt from the config stored in their own checkpoint, never fro
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from model.action_decoder import ActionDecoderConfig
-from model.flam import LAMConfig
+from model.config import LAMConfig
 from model.policy import PolicyNetConfig
 from model.tokenizer import TokenizerConfig
 from shards.config import ConfigError, from_dict, load_yaml, merge, parse_overrides, to_dict
@@ -47,6 +47,9 @@ def check_optimiser(section: str, cfg: Any) -> None:
 class DataConfig:
     dataset: str = "multigrid"
     root: str = "data"  # the ingest OUT: shards in <root>/<dataset>/, tokens in <root>/<dataset>/tokens/
+    # The frozen tokenizer checkpoint whose token cache precompute writes and training and evaluation read
+    # (its decoder renders the rollouts); "" -> <tokenizer_train.run_dir>/ckpt/latest.
+    tokenizer: str = ""
     shuffle_buffer: int = 256  # clips held for shuffling by the streaming loader
     num_workers: int = 2  # DataLoader workers per rank (decode runs there)
     # Check each shard's sha256 against the manifest before reading it (precompute, evaluation, the
@@ -107,9 +110,6 @@ class PrecomputeConfig:
 @dataclass(frozen=True)
 class LAMTrainConfig:
     run_dir: str = ""  # "" -> runs/<model>-<dataset>
-    tokenizer: str = (
-        ""  # tokenizer checkpoint whose token cache to train on; "" -> runs/tok-<dataset>/ckpt/latest
-    )
     steps: int = 100000
     batch_size: int = 32  # global, in windows; each rank takes batch_size / world_size
     window: int = 16  # frames per training window (T); must equal lam.max_frames (see Config)
@@ -163,7 +163,7 @@ class EvalConfig:
     control: bool = True  # controllable generation grid (paper Fig. 6) for models with per-slot actions
     control_vector: tuple[float, ...] = ()  # the controlled slot's latent action; () -> prior samples
     latent_plot: bool = True  # latent actions in 2D coloured by ground-truth action (paper Fig. 5)
-    # Leakage and transfer tests of latent actions on the split's cached tokens (train/transfer.py)
+    # Leakage and transfer tests of latent actions on the split's cached tokens (train/eval/transfer.py)
     transfer: bool = True
     transfer_windows: int = 64  # windows of transfer_frames frames (0 = all)
     transfer_frames: int = 8
@@ -398,11 +398,9 @@ class Config:
 
     @property
     def tokenizer_checkpoint(self) -> Path:
-        """The frozen tokenizer the world model trains against (its cache, its decoder)."""
+        """The frozen tokenizer of the token cache (``data.tokenizer``, else the tokenizer run's latest)."""
         return (
-            Path(self.lam_train.tokenizer)
-            if self.lam_train.tokenizer
-            else self.tokenizer_run_dir / "ckpt" / "latest"
+            Path(self.data.tokenizer) if self.data.tokenizer else self.tokenizer_run_dir / "ckpt" / "latest"
         )
 
     @property
@@ -414,15 +412,68 @@ class Config:
         return Path(self.expert.run_dir or f"runs/expert-{self.data.dataset}")
 
 
+def with_token_shape(cfg: Config, num_tokens: int, feature_dim: int) -> Config:
+    """``cfg`` with the token cache's N (``num_tokens`` = h * w) and F (``feature_dim`` = len(levels)) in
+    ``lam``; a number the preset sets itself must equal the cache's (ValueError naming both)."""
+    for name, value in (("num_tokens", num_tokens), ("feature_dim", feature_dim)):
+        given = getattr(cfg.lam, name)
+        if given and given != value:
+            raise ValueError(
+                f"lam.{name}={given} does not match the token cache ({name} {value}: {num_tokens} tokens of "
+                f"{feature_dim} FSQ dims): leave lam.{name} out of the preset (it is read from the cache)"
+            )
+    return replace(cfg, lam=replace(cfg.lam, num_tokens=num_tokens, feature_dim=feature_dim))
+
+
+def check_stages(cfg: Config) -> None:
+    """Refuse a run that would never leave its first stage: a staged model (PlaySlot, SlotFormer) learns its
+    slots alone for ``lam.slot_pretrain_steps`` steps before its dynamics."""
+    from model.zoo import MODELS
+
+    steps, pretrain = cfg.lam_train.steps, cfg.lam.slot_pretrain_steps
+    if getattr(MODELS.get(cfg.model), "staged", False) and pretrain >= steps:
+        raise ConfigError(
+            f"model={cfg.model} learns its slots alone for lam.slot_pretrain_steps={pretrain} steps before "
+            f"its dynamics, but lam_train.steps={steps}: the run would never leave that first stage; lower "
+            f"lam.slot_pretrain_steps (e.g. lam.slot_pretrain_steps={steps // 2}) or raise lam_train.steps"
+        )
+
+
+def upgrade_config_dict(data: dict[str, Any]) -> dict[str, Any]:
+    """A config dict saved by an earlier version (a checkpoint's ``config``) in today's layout: the
+    tokenizer checkpoint was ``lam_train.tokenizer`` before it became ``data.tokenizer``."""
+    old = data.get("lam_train")
+    if not isinstance(old, dict) or "tokenizer" not in old:
+        return data
+    lam_train = {k: v for k, v in old.items() if k != "tokenizer"}
+    section = dict(data.get("data", {}))
+    section["tokenizer"] = section.get("tokenizer") or old["tokenizer"]
+    return {**data, "lam_train": lam_train, "data": section}
+
+
+# A preset's top-level key naming another preset that it overrides at CPU size: ``brief_of: multigrid``
+# means configs/multigrid.yaml with configs/brief.yaml over it (``brief_config``), then this preset's keys.
+BRIEF_OF = "brief_of"
+
+
 def load_config(path: str | Path | None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
-    """Defaults <- YAML preset at ``path`` <- overrides (``["a.b=1"]`` or a nested dict)."""
+    """Defaults <- YAML preset at ``path`` <- overrides (``["a.b=1"]`` or a nested dict). A preset with
+    ``brief_of: <name>`` starts from ``configs/<name>.yaml`` at CPU size instead of the defaults."""
     data: dict[str, Any] = to_dict(Config())
     if path is not None:
         path = Path(path)
         if not path.exists():
             presets = sorted(p.name for p in Path("configs").glob("*.yaml"))
             raise FileNotFoundError(f"config {path} not found; presets in configs/: {presets}")
-        data = merge(data, load_yaml(path))
+        preset = load_yaml(path)
+        base = preset.pop(BRIEF_OF, None)
+        if base is not None:
+            if not isinstance(base, str) or base == path.stem:
+                raise ConfigError(
+                    f"{path}: '{BRIEF_OF}' must name another preset of {path.parent}, got {base!r}"
+                )
+            data = to_dict(brief_config(load_config(path.parent / f"{base}.yaml")))
+        data = merge(data, preset)
     if overrides:
         data = merge(data, parse_overrides(overrides) if isinstance(overrides, list) else overrides)
     return from_dict(Config, data)

@@ -1,6 +1,6 @@
 """Train a controller from real actions to a trained world model's latent actions (paper 003).
 
-    python train/controller.py --run runs/flam-multigrid controller.kind=adapter controller.labels=10000
+    python -m train.controller --run runs/flam-multigrid controller.kind=adapter controller.labels=10000
     make controller RUN=runs/flam-multigrid ARGS="controller.kind=adapter controller.labels=10000"
 
 The world model is rebuilt from its checkpoint (``<run>/ckpt/latest``, never from flags) and frozen. A
@@ -10,7 +10,7 @@ seeded order) gives pairs (real action, the IDM's latent action); the controller
 
 - Factored models (FLAM, PlaySlot) on data with agent positions (MultiGrid): every agent j of a transition
   is a pair (agent j's action, the latent of the slot holding agent j), the slot found by slot-agent
-  matching (``train/agent_slots.py``); the adapter is told that slot (``focus``).
+  matching (``train/eval/agent_slots.py``); the adapter is told that slot (``focus``).
 - Scene-latent models, and factored ones without positions (Procgen): one pair per transition, (every
   actor's action, the whole latent), the K' latents flattened.
 The World Model takes real actions itself and has no controller.
@@ -28,13 +28,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
@@ -44,14 +40,15 @@ from tqdm import tqdm
 from model.controller import Controller
 from model.fsq import FSQ
 from model.latents import FAMILIES
-from model.metrics import psnr, to_unit
 from shards.config import merge, parse_overrides, to_dict
 from shards.files import exclusive
-from shards.tokens import TokenCache, TokenWindows, cache_dir, file_id
-from train.agent_slots import agent_slots, grid_cells
+from shards.tokens import TokenCache, cache_dir, file_id
+from train.batches import TokenWindows
 from train.common import Checkpoints, load_checkpoint, load_tokenizer, load_world_model, warmup_cosine
 from train.config import Config, load_config
-from train.rollouts import decode_features
+from train.eval.agent_slots import agent_slots, grid_cells
+from train.eval.rollout import decode_tokens
+from train.eval.scoring import Scorer
 
 CONTROLLER_OVERRIDABLE = ("controller.", "data.root=")
 
@@ -269,13 +266,13 @@ def validate(
     )
     target = ex.target.to(device)
     tokenizer, _ = load_tokenizer(cfg.tokenizer_checkpoint, device)
-    fsq = FSQ(cache.info.levels).to(device)
     grid = tuple(cache.info.grid)
     cells = grid_cells(cfg.dataset_dir)
-    psnrs: dict[str, list[torch.Tensor]] = {"idm": [], "controller": []}
+    scorer = Scorer(device)  # PSNR and SSIM, as every rollout is scored (train/eval/scoring.py)
     for lo in range(0, len(picks), 8):
         items = [windows[int(i)] for i in picks[lo : lo + 8]]
-        f = fsq.indices_to_codes(torch.stack([it["codes"] for it in items]).to(device)).flatten(2, 3)
+        codes = torch.stack([it["codes"] for it in items]).to(device)
+        f = tokenizer.codes_to_features(codes).flatten(2, 3)  # [B, L, N, F]
         actions = torch.stack([it["actions"] for it in items]).to(device)
         actions = actions.reshape(*actions.shape[:2], -1)
         z = model.infer_actions(f, actions)
@@ -288,18 +285,18 @@ def validate(
             slots = sigma[:, i] if sigma is not None else None
             return bound.latents(actions[:, i], state, slots, rest=z[:, i] if slots is not None else None)
 
-        truth = decode_features(tokenizer, f[:, 1:], grid)
+        truth = decode_tokens(tokenizer, f[:, 1:]).cpu()
         for name, acts in (("idm", z), ("controller", drive)):
-            rolled = model.rollout(f[:, :1], acts, snap=fsq.snap, steps=length - 1)
-            frames = decode_features(tokenizer, rolled, grid)
-            psnrs[name].append(psnr(to_unit(frames), to_unit(truth)).clamp(max=100).cpu())
+            rolled = model.rollout(f[:, :1], acts, snap=tokenizer.fsq.snap, steps=length - 1)
+            scorer.add(name, decode_tokens(tokenizer, rolled).cpu(), truth)
+    scores = scorer.summary()
     return {
         "val_examples": len(ex),
         "latent_mse": float((pred - target).square().mean()),
         "mean_latent_mse": float((target_mean.to(device) - target).square().mean()),
         "rollout_steps": length - 1,
-        "rollout_psnr_idm": float(torch.cat(psnrs["idm"]).mean()),
-        "rollout_psnr_controller": float(torch.cat(psnrs["controller"]).mean()),
+        "rollout_psnr_idm": scores["idm"]["psnr"],
+        "rollout_psnr_controller": scores["controller"]["psnr"],
     }
 
 

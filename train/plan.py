@@ -1,7 +1,7 @@
 """Planning benchmark: MultiGrid goal reaching with each world model (paper 003's planning with a controller).
 
-    python train/plan.py --config configs/multigrid.yaml --brief      # CPU size: models, controllers, plan
-    python train/plan.py --runs runs/flam-multigrid runs/world_model-multigrid runs/genie-multigrid
+    python -m train.plan --config configs/multigrid.yaml --brief      # CPU size: models, controllers, plan
+    python -m train.plan --runs runs/flam-multigrid runs/world_model-multigrid runs/genie-multigrid
     make plan DATASET=multigrid RUNS="runs/flam-multigrid runs/world_model-multigrid" ARGS="plan.episodes=100"
 
 Task: one controlled agent (``plan.agent``) of a MultiGrid room from the dataset's own simulator settings
@@ -32,13 +32,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
@@ -52,9 +48,9 @@ from shards.manifest import load_manifest
 from shards.tokens import file_id
 from train import compare
 from train import controller as controllers
-from train.agent_slots import grid_cells
 from train.common import load_checkpoint, load_tokenizer, load_world_model
 from train.config import Config, load_config
+from train.eval.agent_slots import grid_cells
 from train.planner import (
     ModelImagination,
     Observation,
@@ -259,7 +255,7 @@ def build_rows(runs: list[Path], task: Task, cells, tokens) -> list[Row]:
 
 
 def _display(model: str, latent: str) -> str:
-    from train.eval_report import DISPLAY
+    from train.eval.report import DISPLAY
 
     name = DISPLAY.get(model, model)
     defaults = {"genie": "vq", "world_model": "actions"}

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from model.tokenizer import to_float
-from train.eval_report import video_grid, write_gif
+from train.visuals import video_grid, write_gif
 
 
 def _setting(key: str) -> str:

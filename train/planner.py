@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from train.agent_slots import match_to_slots
+from train.eval.agent_slots import match_to_slots
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Capacity sweeps of the latent-action families (paper 003): one run per family and capacity value.
 
-    python train/sweep.py --config configs/multigrid.yaml --brief --model flam               # all families
-    python train/sweep.py --config configs/multigrid.yaml --brief --model flam --latent sparse
+    python -m train.sweep --config configs/multigrid.yaml --brief --model flam               # all families
+    python -m train.sweep --config configs/multigrid.yaml --brief --model flam --latent sparse
     make sweep DATASET=multigrid MODEL=flam LATENT=sparse
 
 For ``--model`` (any latent-action model of model/zoo.py) and each family of ``--latent`` (default: kl,
@@ -13,7 +13,7 @@ sparse, vq), one run per value of its capacity knob (``sweep.kl``: beta, ``sweep
   feature space with the IDM's latents (posterior means / latents / codes) on ``sweep.windows`` test
   windows of ``lam.max_frames`` frames; low = the latent carries much of the next frame;
 - rollout PSNR (Table 1 protocol, ``train/evaluate.py`` without FVD, LPIPS and figures), DCI for slot
-  models on MultiGrid, and the scene-cut and cycle ratios (``train/transfer.py``).
+  models on MultiGrid, and the scene-cut and cycle ratios (``train/eval/transfer.py``).
 
 Writes ``runs/sweep-<dataset>-<model>[-brief]/``: the runs, eval/ (Table 1, DCI, transfer tables),
 ``sweep.md``, ``scores.json``, ``sweep.png`` (error and PSNR against capacity, one panel per family).
@@ -23,12 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
+from dataclasses import replace
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
@@ -38,8 +35,8 @@ from shards.config import merge, split_overrides, to_dict
 from shards.tokens import cache_dir, file_id
 from train import compare, evaluate
 from train.common import load_world_model
-from train.config import Config, load_config
-from train.transfer import load_windows
+from train.config import Config, check_stages, load_config
+from train.eval.transfer import load_windows
 
 KNOB = {"kl": ("beta", "lam.beta"), "sparse": ("lambda_l1", "lam.l1"), "vq": ("codebook", "lam.vq_codes")}
 # Evaluation of every sweep run: Table 1's rollouts and DCI, no FVD / LPIPS / figures (many runs, CPU).
@@ -93,15 +90,19 @@ def main(
     if unknown:
         raise ValueError(f"--latent {sorted(unknown)} unknown; choose among {FAMILIES}")
     cfg = compare.preset(config, overrides, brief)
-    if build_model(model, cfg.lam).latent not in FAMILIES:
+    # which latents the model has (any token shape will do: the cache's is read when each run trains)
+    probe = replace(cfg.lam, num_tokens=cfg.lam.num_tokens or 1, feature_dim=cfg.lam.feature_dim or 1)
+    if build_model(model, probe).latent not in FAMILIES:
         raise ValueError(
             f"--model {model} has no latent actions to sweep (a latent-action model: flam, genie, ...)"
         )
     root = compare.compare_root(cfg.data.dataset, brief)
     cfg = compare.with_runs(cfg, root, model)
     sweep_root = Path(cfg.sweep.out or f"runs/sweep-{cfg.data.dataset}-{model}{'-brief' if brief else ''}")
-    compare.prepare(cfg, root, nproc)
     cfgs = run_configs(cfg, families, model, root, sweep_root)
+    for c in cfgs:  # refuse a run that never leaves its first stage before any training
+        check_stages(c)
+    compare.prepare(cfg, root, nproc)
     print(f"== sweep {model}: {len(cfgs)} runs ({', '.join(c.lam_run_dir.name for c in cfgs)})", flush=True)
     compare.train_models(cfgs, sweep_root, nproc, jobs=2 if brief else 1)
     eval_args = [*EVAL_ARGS, *(o for o in overrides if o.startswith("eval."))]
