@@ -68,8 +68,10 @@ class TokenWorldModel(nn.Module):
         Models whose training graph depends on the step (Genie's codebook restarts, the two-stage models'
         stage) set Python-level state here, so the compiled forward never reads a tensor into Python; the
         rest ignore it. Without it a model counts its own training forwards (eager use)."""
-        if self.latent in FAMILIES and hasattr(self.latent_head, "begin_step"):
-            self.latent_head.begin_step(step)  # the vq family's codebook restarts (model/vq.py)
+        # the vq family's codebook restarts (model/vq.py); a model without a latent head has nothing to do
+        head = getattr(self, HEAD_ATTRIBUTE.get(self.latent, ""), None)
+        if head is not None and hasattr(head, "begin_step"):
+            head.begin_step(step)
 
     def noise_shape(self, features: Tensor) -> tuple[int, ...] | None:
         """Shape of ``batch["noise"]`` (the reparameterisation eps) for ``features``; None: no noise."""

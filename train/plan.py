@@ -49,7 +49,7 @@ from shards.tokens import file_id
 from train import compare
 from train import controller as controllers
 from train.common import load_checkpoint, load_tokenizer, load_world_model
-from train.config import Config, load_config
+from train.config import Config, load_config, upgrade_config_dict
 from train.eval.agent_slots import grid_cells
 from train.planner import (
     ModelImagination,
@@ -263,8 +263,8 @@ def _display(model: str, latent: str) -> str:
 
 
 def run_config(run: Path) -> Config:
-    """The resolved config inside a run's latest checkpoint."""
-    return load_config(None, load_checkpoint(run / "ckpt" / "latest")["config"])
+    """The resolved config inside a run's latest checkpoint (an older checkpoint's layout upgraded)."""
+    return load_config(None, upgrade_config_dict(load_checkpoint(run / "ckpt" / "latest")["config"]))
 
 
 def summarise(episodes: list[dict], seeds: int) -> dict:
