@@ -49,7 +49,7 @@ from shards.policy_data import (
     write_labels,
 )
 from shards.tokens import TokenCache, cache_dir, file_id, manifest_sha256
-from train import compare, expert, lam, precompute, tokenizer
+from train import compare, config, expert, lam, precompute, tokenizer
 from train.bc import bc_targets, train_bc
 from train.common import load_checkpoint, load_tokenizer
 from train.config import Config, load_config, save_config
@@ -64,7 +64,7 @@ from train.pseudo_labels import (
 )
 from train.table4 import budget_label, write_report
 
-# CPU-sized: every stage shrunk, the code path unchanged. On top of compare.BRIEF's world-model sizes.
+# CPU-sized: every stage shrunk, the code path unchanged. On top of configs/brief.yaml's world-model sizes.
 BRIEF: dict[str, Any] = {
     "data": {"root": "data/policy-brief"},
     # 64x64 demo frames (not 224): the tokenizer and the three world models then fit the time budget.
@@ -100,7 +100,9 @@ BRIEF: dict[str, Any] = {
 
 
 def brief_config(cfg: Config) -> Config:
-    return load_config(None, merge(merge(to_dict(cfg), compare.BRIEF), BRIEF))
+    """``cfg`` at CPU size: configs/brief.yaml (the world-model sizes every BRIEF run shares), then this
+    module's ``BRIEF``."""
+    return load_config(None, merge(to_dict(config.brief_config(cfg)), BRIEF))
 
 
 def demo_name(cfg: Config) -> str:

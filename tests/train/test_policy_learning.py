@@ -240,3 +240,14 @@ def test_other_labeller_settings_give_other_label_names():
     assert a == settings_tag(ActionDecoderConfig(), FitConfig(steps=300))
     assert a != settings_tag(ActionDecoderConfig(), FitConfig(steps=301))
     assert label_name(1000, 0, a) == f"budget1000-seed0-{a}" != label_name(1000, 0)
+
+
+def test_the_brief_policy_config_builds_on_configs_brief_yaml():
+    """`make policy BRIEF=1`: configs/brief.yaml's sizes, then train/policy.py's BRIEF over them."""
+    from tests.helpers import REPO
+    from train import policy
+    from train.config import load_config
+
+    cfg = policy.brief_config(load_config(REPO / "configs/starpilot.yaml"))
+    assert cfg.lam.dim == 64 and cfg.lam_train.steps == policy.BRIEF["lam_train"]["steps"]
+    assert cfg.tokenizer.image_size == policy.BRIEF["tokenizer"]["image_size"]
