@@ -1,7 +1,7 @@
 """Expert env-steps/s against the bare batched Procgen env stepping random actions, measured in the same run.
 
-    python bench/expert.py                                   # CPU: starpilot, paper-size network, ~5 min
-    python bench/expert.py --device cuda --num-steps 256 --rollouts 8 --threads 0
+    python -m bench.expert                                   # CPU: starpilot, paper-size network, ~5 min
+    python -m bench.expert --device cuda --num-steps 256 --rollouts 8 --threads 0
 
 Setup: the preset's expert (configs/<game>.yaml ``expert.*``: IMPALA CNN 16-32-32 -> 256, PPG with dual
 networks, E_aux 6) with ``--num-envs`` games and ``--num-steps`` steps per rollout; the phase is cut to
@@ -25,11 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch

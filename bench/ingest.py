@@ -1,7 +1,7 @@
 """Ingest throughput against the bare simulator render loop, measured in the same run.
 
-    python bench/ingest.py                                  # multigrid, 2 workers
-    python bench/ingest.py --dataset bigfish --episodes 40 --workers 2
+    python -m bench.ingest                                  # multigrid, 2 workers
+    python -m bench.ingest --dataset bigfish --episodes 40 --workers 2
 
 Prints frames/s of:
   bare   the source's render loop alone (render_episode, no clip cutting/encoding/writing), run in
@@ -17,12 +17,9 @@ import argparse
 import json
 import multiprocessing as mp
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ingest.block import UNIT_LOADERS
 from ingest.config import IngestConfig, RunOptions, build_config

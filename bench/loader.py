@@ -1,7 +1,7 @@
 """Loader throughput against a bare decord loop over the same shards, measured in the same run.
 
-    python bench/loader.py                   # data/multigrid if ingested, else 300 episodes in a temp dir
-    python bench/loader.py --data data/bigfish --batch-size 32
+    python -m bench.loader                   # data/multigrid if ingested, else 300 episodes in a temp dir
+    python -m bench.loader --data data/bigfish --batch-size 32
 
 Measures, over every clip of the split:
   bare-1    tarfile + decord.VideoReader over every mp4, in one process: the ceiling per core
@@ -32,14 +32,11 @@ import multiprocessing as mp
 import os
 import resource
 import shutil
-import sys
 import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info

@@ -1,7 +1,7 @@
 """nuPlan extraction throughput against bare JPEG decode + resize of the same files, in the same run.
 
-    python bench/nuplan.py                          # 8 logs x 200 frames of 1920x1080 JPEGs, 2 workers
-    python bench/nuplan.py --logs 4 --frames 100 --data /tmp/nuplan-bench   # keep the generated logs
+    python -m bench.nuplan                          # 8 logs x 200 frames of 1920x1080 JPEGs, 2 workers
+    python -m bench.nuplan --logs 4 --frames 100 --data /tmp/nuplan-bench   # keep the generated logs
 
 Generates fixture logs (real schema, tests/nuplan_fixture.py) whose CAM_F0 JPEGs are 1920x1080 street-like
 frames (sky and road gradients, textured buildings, moving lane marks and cars, sensor noise) saved at
@@ -25,7 +25,6 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,8 +33,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ingest.config import IngestConfig, RunOptions, build_config
 from ingest.nuplan import NuplanConfig, SensorIndex, decode_frame, plan_runs, read_log_index

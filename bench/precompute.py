@@ -1,7 +1,7 @@
 """Precompute frames/s against the tokenizer's encode on in-memory frames, measured in the same run.
 
-    python bench/precompute.py                                  # CPU defaults: 12 episodes, 3 repeats, ~3 min
-    python bench/precompute.py --device cuda --episodes 200 --episodes-per-shard 10
+    python -m bench.precompute                                  # CPU defaults: 12 episodes, 3 repeats, ~3 min
+    python -m bench.precompute --device cuda --episodes 200 --episodes-per-shard 10
 
 Setup (untimed): ingest --episodes MultiGrid episodes into a temp dir, save a randomly initialised
 tokenizer of the configs/multigrid.yaml preset (speed does not depend on the weights), and decode every
@@ -38,17 +38,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 
 from bench.timing import interleaved, timed
-from ingest.config import RunOptions, build_config
-from ingest.pipeline import run_ingest
 from model.tokenizer import Tokenizer, to_float
 from shards.loader import ClipDataset, ClipLoader
+from shards.manifest import load_manifest
 from shards.tokens import TokenCache, cache_dir
-from tests.helpers import save_tokenizer
 from train.common import load_tokenizer
 from train.config import Config, load_config
 from train.precompute import encode_split
@@ -65,6 +61,101 @@ def encode_batches(
             codes = tokenizer.encode(x)
         codes.to(torch.uint16).cpu().numpy()
     return sum(b.shape[0] * b.shape[1] for b in batches)
+
+
+def measure(
+    cfg: Config,
+    tokenizer: Tokenizer,
+    tokenizer_id: str,
+    device: torch.device,
+    workers: list[int],
+    repeats: int,
+) -> dict[str, object]:
+    """The measures of the module docstring on the train split of ``cfg.dataset_dir`` with ``tokenizer``
+    (``cfg.precompute.batch_clips`` clips per encode); prints a table and returns the results. Writes the
+    train token cache of ``tokenizer_id`` afresh every precompute run (and leaves the last one there)."""
+    t0 = time.perf_counter()
+    manifest = load_manifest(cfg.dataset_dir)
+    split_dir = cache_dir(cfg.data.root, cfg.data.dataset, tokenizer_id, "train")
+    bs = cfg.precompute.batch_clips
+    bf16 = cfg.precompute.bf16 and device.type == "cuda"
+    loader = ClipLoader(ClipDataset(cfg.dataset_dir, "train", rank=0, world_size=1), batch_size=bs)
+    batches = [batch["frames"] for batch in loader]  # what precompute's loader yields, decoded once
+    n_frames = sum(b.shape[0] * b.shape[1] for b in batches)
+    if n_frames != manifest["splits"]["train"]["frames"]:
+        raise RuntimeError(f"decoded {n_frames} train frames, the manifest says {manifest['splits']}")
+    print(
+        f"decoded into memory in {time.perf_counter() - t0:.0f}s: "
+        f"{manifest['splits']['train']['shards']} train shards, "
+        f"{sum(len(b) for b in batches)} clips, {n_frames} frames of {tuple(batches[0].shape[2:])}, "
+        f"{len(batches)} batches of <= {bs} clips, device {device}",
+        flush=True,
+    )
+
+    def run_precompute(workers: int) -> Callable[[], dict[str, float]]:
+        run_cfg = replace(cfg, data=replace(cfg.data, num_workers=workers))
+
+        def once() -> int:
+            log = io.StringIO()
+            with contextlib.redirect_stderr(log):  # precompute's progress bar; warnings re-printed
+                encode_split(run_cfg, tokenizer, tokenizer_id, "train", 0, 1, device)
+            for line in log.getvalue().replace("\r", "\n").splitlines():
+                if line.strip() and not line.startswith("precompute train (rank"):
+                    print(line, file=sys.stderr)
+            return TokenCache(split_dir).num_frames  # index.json: read back what was written
+
+        def run() -> dict[str, float]:
+            shutil.rmtree(split_dir, ignore_errors=True)  # a fresh cache: nothing to resume
+            result = timed(once, device)
+            if result["frames"] != n_frames:
+                raise RuntimeError(f"precompute wrote {result['frames']} frames, expected {n_frames}")
+            return result
+
+        return run
+
+    runs: dict[str, Callable[[], dict[str, float]]] = {
+        "encode": lambda: timed(lambda: encode_batches(tokenizer, batches, device, bf16), device)
+    }
+    runs.update({f"precompute-{w}": run_precompute(w) for w in workers})
+    encode_batches(tokenizer, batches[:1], device, bf16)  # warm-up: allocator, kernels
+    load_before = os.getloadavg()[0]
+    measured = interleaved(runs, repeats, "frames", width=13)
+
+    fps = {n: statistics.median(r["frames"] / r["seconds"] for r in rs) for n, rs in measured.items()}
+    fpc = {n: statistics.median(r["frames"] / r["cpu_seconds"] for r in rs) for n, rs in measured.items()}
+    results: dict[str, object] = {
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "cores": os.cpu_count(),
+        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "train_shards": manifest["splits"]["train"]["shards"],
+        "frames": n_frames,
+        "frame_hw": list(batches[0].shape[2:4]),
+        "batch_clips": bs,
+        "bf16": bf16,
+        "tokenizer": {"channels": list(cfg.tokenizer.channels), "image_size": cfg.tokenizer.image_size},
+        "repeats": repeats,
+    }
+    for name, rs in measured.items():
+        results[name] = {
+            "frames_per_s": round(fps[name], 2),
+            "frames_per_cpu_s": round(fpc[name], 2),
+            "runs": [{k: round(v, 4) for k, v in r.items()} for r in rs],
+        }
+    ratios = {}
+    for w in workers:
+        ratios[f"precompute{w}_vs_encode"] = fps[f"precompute-{w}"] / fps["encode"]
+        ratios[f"cpu_precompute{w}_vs_encode"] = fpc[f"precompute-{w}"] / fpc["encode"]
+    results["ratios"] = {k: round(v, 3) for k, v in ratios.items()}
+
+    print(f"load average (1 min) before/after: {results['load_average_1min']} on {os.cpu_count()} cores")
+    for name in runs:
+        print(f"{name:>13}: {fps[name]:9,.1f} frames/s  {fpc[name]:9,.1f} frames/CPU s")
+    print("                                              wall   CPU")
+    for w in workers:
+        wall, cpu = ratios[f"precompute{w}_vs_encode"], ratios[f"cpu_precompute{w}_vs_encode"]
+        print(f"precompute-{w} / encode (target >= 0.9 on GPU):  {wall:4.2f}   {cpu:4.2f}")
+    return results
 
 
 def main() -> None:
@@ -84,9 +175,12 @@ def main() -> None:
     if device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)  # several threads on a shared box spin-wait: 5-10x noisier
 
+    from ingest.config import RunOptions, build_config  # the simulator: only for this setup
+    from ingest.pipeline import run_ingest
+    from tests.helpers import save_tokenizer
+
     tmp = Path(tempfile.mkdtemp(prefix="bench-precompute-"))
     try:
-        t0 = time.perf_counter()
         ingest_cfg = build_config(
             "multigrid",
             {
@@ -96,94 +190,16 @@ def main() -> None:
                 "source": {"episode_len": args.episode_len},
             },
         )
-        manifest = run_ingest(ingest_cfg, RunOptions(out=str(tmp), executor="local", progress=False))
+        run_ingest(ingest_cfg, RunOptions(out=str(tmp), executor="local", progress=False))
         preset = load_config("configs/multigrid.yaml")
         ckpt = save_tokenizer(tmp / "tok", preset.tokenizer)
-        overrides: dict = {"data": {"root": str(tmp)}, "lam_train": {"tokenizer": str(ckpt)}}
+        overrides: dict = {"data": {"root": str(tmp), "tokenizer": str(ckpt)}}
         if args.batch_clips:
             overrides["precompute"] = {"batch_clips": args.batch_clips}
         cfg: Config = load_config("configs/multigrid.yaml", overrides)
         tokenizer, tokenizer_id = load_tokenizer(ckpt, device)
-        split_dir = cache_dir(cfg.data.root, cfg.data.dataset, tokenizer_id, "train")
-        bs = cfg.precompute.batch_clips
-        bf16 = cfg.precompute.bf16 and device.type == "cuda"
-        loader = ClipLoader(ClipDataset(cfg.dataset_dir, "train", rank=0, world_size=1), batch_size=bs)
-        batches = [batch["frames"] for batch in loader]  # what precompute's loader yields, decoded once
-        n_frames = sum(b.shape[0] * b.shape[1] for b in batches)
-        if n_frames != manifest["splits"]["train"]["frames"]:
-            raise RuntimeError(f"decoded {n_frames} train frames, the manifest says {manifest['splits']}")
-        print(
-            f"setup took {time.perf_counter() - t0:.0f}s: "
-            f"{manifest['splits']['train']['shards']} train shards, "
-            f"{sum(len(b) for b in batches)} clips, {n_frames} frames of {tuple(batches[0].shape[2:])}, "
-            f"{len(batches)} batches of <= {bs} clips, device {device}",
-            flush=True,
-        )
-
-        def run_precompute(workers: int) -> Callable[[], dict[str, float]]:
-            run_cfg = replace(cfg, data=replace(cfg.data, num_workers=workers))
-
-            def once() -> int:
-                log = io.StringIO()
-                with contextlib.redirect_stderr(log):  # precompute's progress bar; warnings re-printed
-                    encode_split(run_cfg, tokenizer, tokenizer_id, "train", 0, 1, device)
-                for line in log.getvalue().replace("\r", "\n").splitlines():
-                    if line.strip() and not line.startswith("precompute train (rank"):
-                        print(line, file=sys.stderr)
-                return TokenCache(split_dir).num_frames  # index.json: read back what was written
-
-            def run() -> dict[str, float]:
-                shutil.rmtree(split_dir, ignore_errors=True)  # a fresh cache: nothing to resume
-                result = timed(once, device)
-                if result["frames"] != n_frames:
-                    raise RuntimeError(f"precompute wrote {result['frames']} frames, expected {n_frames}")
-                return result
-
-            return run
-
-        runs: dict[str, Callable[[], dict[str, float]]] = {
-            "encode": lambda: timed(lambda: encode_batches(tokenizer, batches, device, bf16), device)
-        }
-        runs.update({f"precompute-{w}": run_precompute(w) for w in args.workers})
-        encode_batches(tokenizer, batches[:1], device, bf16)  # warm-up: allocator, kernels
-        load_before = os.getloadavg()[0]
-        measured = interleaved(runs, args.repeats, "frames", width=13)
-
-        fps = {n: statistics.median(r["frames"] / r["seconds"] for r in rs) for n, rs in measured.items()}
-        fpc = {n: statistics.median(r["frames"] / r["cpu_seconds"] for r in rs) for n, rs in measured.items()}
-        results: dict[str, object] = {
-            "device": str(device),
-            "torch_threads": torch.get_num_threads(),
-            "cores": os.cpu_count(),
-            "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-            "episodes": args.episodes,
-            "train_shards": manifest["splits"]["train"]["shards"],
-            "frames": n_frames,
-            "frame_hw": list(batches[0].shape[2:4]),
-            "batch_clips": bs,
-            "bf16": bf16,
-            "tokenizer": {"channels": list(cfg.tokenizer.channels), "image_size": cfg.tokenizer.image_size},
-            "repeats": args.repeats,
-        }
-        for name, rs in measured.items():
-            results[name] = {
-                "frames_per_s": round(fps[name], 2),
-                "frames_per_cpu_s": round(fpc[name], 2),
-                "runs": [{k: round(v, 4) for k, v in r.items()} for r in rs],
-            }
-        ratios = {}
-        for w in args.workers:
-            ratios[f"precompute{w}_vs_encode"] = fps[f"precompute-{w}"] / fps["encode"]
-            ratios[f"cpu_precompute{w}_vs_encode"] = fpc[f"precompute-{w}"] / fpc["encode"]
-        results["ratios"] = {k: round(v, 3) for k, v in ratios.items()}
-
-        print(f"load average (1 min) before/after: {results['load_average_1min']} on {os.cpu_count()} cores")
-        for name in runs:
-            print(f"{name:>13}: {fps[name]:9,.1f} frames/s  {fpc[name]:9,.1f} frames/CPU s")
-        print("                                              wall   CPU")
-        for w in args.workers:
-            wall, cpu = ratios[f"precompute{w}_vs_encode"], ratios[f"cpu_precompute{w}_vs_encode"]
-            print(f"precompute-{w} / encode (target >= 0.9 on GPU):  {wall:4.2f}   {cpu:4.2f}")
+        results = measure(cfg, tokenizer, tokenizer_id, device, args.workers, args.repeats)
+        results["episodes"] = args.episodes
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))
         print(f"wrote {args.json}")

@@ -3,7 +3,7 @@
 # scipy / scikit-learn / matplotlib, the metric weights). Build from the repo root:
 #   docker build -f docker/train.Dockerfile -t flam-train .
 # Run one node:  docker run --gpus all --ipc=host -v /data:/data flam-train \
-#   --nproc_per_node=8 train/lam.py --config configs/multigrid.yaml data.root=/data
+#   --nproc_per_node=8 -m train.lam --config configs/multigrid.yaml data.root=/data
 FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -25,4 +25,4 @@ RUN pip install --no-deps . \
 
 # Multi-node: pass --nnodes, --node_rank or --rdzv-backend=c10d --rdzv-endpoint=HEAD:29500 before the script.
 ENTRYPOINT ["torchrun"]
-CMD ["--nproc_per_node=gpu", "train/lam.py", "--config", "configs/multigrid.yaml"]
+CMD ["--nproc_per_node=gpu", "-m", "train.lam", "--config", "configs/multigrid.yaml"]

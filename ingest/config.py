@@ -16,6 +16,7 @@ from typing import Any
 from ingest.multigrid import MultiGridConfig
 from ingest.nuplan import NuplanConfig, count_frames_per_log, resolve_source
 from ingest.procgen import POLICIES, PROCGEN_GAMES, ProcgenConfig
+from ingest.splits import assign_splits
 from shards.config import ConfigError, apply_overrides, from_dict, to_dict
 from shards.video import CODECS
 
@@ -166,8 +167,6 @@ def _resolve_nuplan(cfg: IngestConfig, overrides: dict[str, Any]) -> IngestConfi
     """Find the log DBs and sensor roots (config, else NUPLAN_DB / NUPLAN_SENSOR_ROOT / NUPLAN_DATA_ROOT),
     keep the first ``episodes`` logs when given (0 = all), and fix every log's split up front: 80/10/10
     by camera frame count over the whole dataset, so a log's split does not depend on its block."""
-    from ingest.block import assign_splits  # ingest.block imports this module
-
     source = resolve_source(cfg.source, os.environ)
     wanted = overrides.get("episodes", 0)  # the preset's 0 = every log
     if wanted < 0:

@@ -147,6 +147,11 @@ def render_episode(cfg: MultiGridConfig, seed: int) -> Episode:
 @functools.lru_cache(maxsize=8)
 def _make_env(env_id: str, num_agents: int, tile_size: int) -> EmptyEnv:
     """The unwrapped env, cached per process and key (the first reset in a process loads numba code)."""
+    return _new_env(env_id, num_agents, tile_size)
+
+
+def _new_env(env_id: str, num_agents: int, tile_size: int) -> EmptyEnv:
+    """A fresh unwrapped env with the goal termination disabled (see the module docstring)."""
     # Unwrapped: gymnasium's passive checker warns on every step about multigrid's dict-valued rewards.
     env = gymnasium.make(
         env_id, agents=num_agents, agent_start_pos=None, render_mode="rgb_array", tile_size=tile_size
@@ -158,6 +163,17 @@ def _make_env(env_id: str, num_agents: int, tile_size: int) -> EmptyEnv:
     return env
 
 
+def _reset(env: EmptyEnv, cfg: MultiGridConfig, seed: int) -> _Policy:
+    """Reset ``env`` to the start state of episode ``seed``; -> the episode's behaviour policy."""
+    env_ss, policy_ss = np.random.SeedSequence(seed).spawn(2)  # independent streams for env and policy
+    # reset(seed=...) would reseed only gymnasium's generator; _gen_grid draws from RandomMixin's private one.
+    env_rng = np.random.default_rng(env_ss)
+    env.np_random = env_rng
+    env._RandomMixin__np_random = env_rng
+    env.reset()  # no seed: keep the generator installed above
+    return _Policy(cfg, np.random.default_rng(policy_ss))
+
+
 def _rollout(
     env: EmptyEnv, cfg: MultiGridConfig, seed: int, render: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
@@ -166,13 +182,7 @@ def _rollout(
     Returns actions [T, A] int64, positions [T, A, 2] int64, directions [T, A] int64 (0 right, 1 down, 2 left,
     3 up) and, with ``render``, the package-rendered frames [T, H, W, 3] uint8 (else None).
     """
-    env_ss, policy_ss = np.random.SeedSequence(seed).spawn(2)  # independent streams for env and policy
-    # reset(seed=...) would reseed only gymnasium's generator; _gen_grid draws from RandomMixin's private one.
-    env_rng = np.random.default_rng(env_ss)
-    env.np_random = env_rng
-    env._RandomMixin__np_random = env_rng
-    env.reset()  # no seed: keep the generator installed above
-    policy = _Policy(cfg, np.random.default_rng(policy_ss))
+    policy = _reset(env, cfg, seed)
     t_len, a = cfg.episode_len, cfg.num_agents
     actions = np.empty((t_len, a), dtype=np.int64)
     positions = np.empty((t_len, a, 2), dtype=np.int64)
@@ -188,6 +198,60 @@ def _rollout(
             env.step({i: int(act) for i, act in enumerate(actions[t])})
     assert not env.agent_states.terminated.any(), "an agent terminated; the goal patch did not hold"
     return actions, positions, directions, (np.stack(frames) if frames is not None else None)
+
+
+class Room:
+    """A live MultiGrid room for control (``train/plan.py``): the env, start states, behaviour policy and
+    renderer of :func:`render_episode`, stepped one action at a time. Its env is its own (not the per-process
+    cache), so imagined steps (``set_poses`` then ``step``) never disturb an episode being rendered.
+
+    Poses: positions [A, 2] int64 (x, y) and directions [A] int64; ``step`` applies one action per agent (the
+    env's own rules: walls and other agents block, agents act in a random order drawn from the episode seed).
+    """
+
+    def __init__(self, cfg: MultiGridConfig, seed: int, policy_seed: int | None = None) -> None:
+        """The start state of episode ``seed``; the behaviour policy's draws come from ``policy_seed``
+        when given (another stream over the same start), else from the episode's own."""
+        self.cfg = cfg
+        self.env = _new_env(cfg.env_id, cfg.num_agents, cfg.tile_size)
+        self.policy = _reset(self.env, cfg, seed)
+        if policy_seed is not None:
+            self.policy = _Policy(cfg, np.random.default_rng(policy_seed))
+        self.t = 0
+        self._prev: np.ndarray | None = None
+        self._recent = np.repeat(self.poses()[0][None], 2, axis=0)
+
+    def poses(self) -> tuple[np.ndarray, np.ndarray]:
+        states = self.env.agent_states
+        return np.array(states.pos, dtype=np.int64), np.array(states.dir, dtype=np.int64)
+
+    def set_poses(self, positions: np.ndarray, directions: np.ndarray) -> None:
+        self.env.agent_states.pos = positions
+        self.env.agent_states.dir = directions
+
+    def step(self, actions: np.ndarray) -> None:
+        """One env step with actions [A] (indices into ``ACTION_NAMES``)."""
+        self.env.handle_actions({i: Action(int(a)) for i, a in enumerate(actions)})
+        self._recent = np.stack([self._recent[1], self.poses()[0]])
+        self._prev = np.asarray(actions, dtype=np.int64)
+        self.t += 1
+
+    def behaviour_actions(self) -> np.ndarray:
+        """[A] actions of the data's behaviour policy (:class:`_Policy`) at the current step; needs
+        ``cfg.episode_len`` > the number of steps taken."""
+        if self.t >= self.cfg.episode_len:
+            raise ValueError(f"the behaviour policy was drawn for {self.cfg.episode_len} steps (episode_len)")
+        return self.policy.act(self.t, self._prev, self._recent)
+
+    def render(self, positions: np.ndarray, directions: np.ndarray) -> np.ndarray:
+        """Frames of poses: positions [T, A, 2], directions [T, A] -> [T, H, W, 3] uint8 (pixel-identical
+        to the episodes' frames)."""
+        return _compose_frames(self.env, positions, directions, self.cfg.highlight)
+
+    def frame(self) -> np.ndarray:
+        """The current frame [H, W, 3] uint8."""
+        positions, directions = self.poses()
+        return self.render(positions[None], directions[None])[0]
 
 
 class _Policy:

@@ -189,6 +189,15 @@ def init_ray(workers: int) -> int:
     return int(ray.cluster_resources().get("CPU", 1))
 
 
+def shutdown_ray() -> None:
+    """Stop the Ray instance this process started or joined (frees local Ray workers before training);
+    nothing when Ray was never imported."""
+    if "ray" in sys.modules:
+        import ray
+
+        ray.shutdown()
+
+
 def _run_ray(
     cfg: IngestConfig, todo: list[int], dataset_dir: Path, opts: RunOptions
 ) -> Iterator[BlockRecord]:

@@ -12,28 +12,46 @@ what changes. The interface (see ``model/zoo.py``):
   ground-truth actions);
 - ``infer_actions(features, actions=None)`` -> [B, T-1, K', A'] whatever drives a transition (K' = 1 for a
   scene-level latent, K slots for factored ones, A' = 0 for a model without actions);
-- ``rollout(first, actions, snap)`` -> predicted features [B, n, N, F];
+- ``rollout(first, actions, snap)`` -> predicted features [B, n, N, F]; ``actions`` may also be a function
+  ``(step i, state_i) -> actions [B, K', A']`` called at every step (a controller that reads the state,
+  ``train/controller.py``), with ``steps=n``; state_i is the model's state before step i (``states``);
+- ``states(features)`` -> [B, T, S, D]: what the dynamics run on (K slots, or the N embedded tokens);
 - ``sample_prior_actions(batch_size, steps, generator=...)`` -> [B, n, K', A'] drawn from the model's prior.
 
-Class attributes say what a model has, so evaluation knows which tables and figures apply.
+Class attributes say what a model has, so evaluation knows which tables and figures apply. ``latent`` is
+the latent-action family (``model/latents.py``: "kl" | "sparse" | "vq", chosen by ``lam.latent`` over the
+model's own default), "actions" (ground truth) or "none".
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 from torch import Tensor, nn
 
 from model.blocks import sincos_pos_embed
+from model.latents import FAMILIES, HEAD_ATTRIBUTE, HEADS, resolve_family
+
+# A controller inside a rollout: (step i, state before step i [B, S, D]) -> actions [B, K', A'].
+ActionFn = Callable[[int, Tensor], Tensor]
 
 
 class TokenWorldModel(nn.Module):
-    latent: str = "gaussian"  # what drives a transition: "gaussian" | "vq" | "actions" | "none"
+    latent: str = "kl"  # what drives a transition: "kl" | "sparse" | "vq" | "actions" | "none"
     needs_actions: bool = False  # forward/infer_actions need ground-truth actions (World Model)
     has_slots: bool = False  # ``slots(features)`` exists (DCI probe)
     factored: bool = False  # one latent action per slot (controllable generation of one entity)
     has_unused_parameters: bool = False  # staged training: DDP must look for parameters without grads
+    staged: bool = False  # learns its slots alone for cfg.slot_pretrain_steps first (PlaySlot, SlotFormer)
 
     def __init__(self, cfg) -> None:
         super().__init__()
+        if cfg.num_tokens < 1 or cfg.feature_dim < 1:
+            raise ValueError(
+                f"LAMConfig.num_tokens={cfg.num_tokens} / feature_dim={cfg.feature_dim}: set both (0 means "
+                "'from the token cache', which train/lam.py reads before it builds the model)"
+            )
         self.cfg = cfg
         d = cfg.dim
         self.embed = nn.Linear(cfg.feature_dim, d)
@@ -45,9 +63,61 @@ class TokenWorldModel(nn.Module):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
+    def begin_step(self, step: int) -> None:
+        """Called by the trainer before the training forward of global step ``step``, outside torch.compile.
+        Models whose training graph depends on the step (Genie's codebook restarts, the two-stage models'
+        stage) set Python-level state here, so the compiled forward never reads a tensor into Python; the
+        rest ignore it. Without it a model counts its own training forwards (eager use)."""
+        # the vq family's codebook restarts (model/vq.py); a model without a latent head has nothing to do
+        head = getattr(self, HEAD_ATTRIBUTE.get(self.latent, ""), None)
+        if head is not None and hasattr(head, "begin_step"):
+            head.begin_step(step)
+
     def noise_shape(self, features: Tensor) -> tuple[int, ...] | None:
         """Shape of ``batch["noise"]`` (the reparameterisation eps) for ``features``; None: no noise."""
         return None
+
+    # -- latent actions (model/latents.py) -----------------------------------------------------------
+
+    def _init_latent(self, action_dim: int) -> None:
+        """Resolve the family (``lam.latent``, else the class default ``latent``) and attach its head."""
+        family = resolve_family(self.cfg.latent, self.latent)
+        self.latent = family
+        setattr(self, HEAD_ATTRIBUTE[family], HEADS[family](action_dim, self.cfg))
+
+    @property
+    def latent_head(self) -> nn.Module:
+        """The family's head: ``infer`` (IDM output -> latent), ``snap`` (a controller's latent -> the
+        form the forward model saw), ``sample`` (prior draws)."""
+        if self.latent not in FAMILIES:
+            raise ValueError(f"{type(self).__name__} has no latent actions (latent={self.latent!r})")
+        return getattr(self, HEAD_ATTRIBUTE[self.latent])
+
+    def _prior(self, shape: tuple[int, ...], device, generator: torch.Generator | None) -> Tensor:
+        """Prior draws of the family [..., A] on ``device`` (default: the model's)."""
+        device = device if device is not None else self.pos_embed.device
+        return self.latent_head.sample(shape, generator).to(device)
+
+    @staticmethod
+    def _rollout_length(actions: Tensor | ActionFn, steps: int | None) -> int:
+        if callable(actions):
+            if steps is None or steps < 1:
+                raise ValueError("a rollout driven by a function of the state needs steps >= 1")
+            return steps
+        if actions.ndim != 4:
+            raise ValueError(f"actions must be [B, n, K', A'], got {tuple(actions.shape)}")
+        return actions.shape[1]
+
+    @classmethod
+    def _step_actions(
+        cls, actions: Tensor | ActionFn, i: int, state: Tensor, want: tuple[int, int, int]
+    ) -> Tensor:
+        """The actions of rollout step i [B, K', A'] from a tensor [B, n, K', A'] or a function."""
+        if callable(actions):
+            out = actions(i, state)
+            cls._check_rollout_actions(out[:, None], want)
+            return out
+        return actions[:, i]
 
     def _embed(self, features: Tensor) -> Tensor:
         """[..., N, F] -> [..., N, D]."""

@@ -27,82 +27,17 @@ latents together have D numbers, the same as a monolithic LAM's single latent of
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from model.base import TokenWorldModel
+from model.base import ActionFn, TokenWorldModel
 from model.blocks import CrossAttentionLayer
-from model.dynamics import COUPLINGS, FDM, IDM, gaussian_kl, reparameterize
+from model.config import LAMConfig
+from model.dynamics import FDM, IDM
 from model.slots import Factorizer
-
-
-@dataclass(frozen=True)
-class LAMConfig:
-    """Latent action model hyperparameters (paper Table 5 defaults for the simulators: MultiGrid K=4, N=256;
-    Procgen K=16, N=196; nuPlan depth=3, K=16, N=196, feature_dim=7). Saved in every checkpoint."""
-
-    dim: int = 256  # attention width D
-    num_heads: int = 8
-    depth: int = 2  # layers in each of IDM, FDM and aggregator
-    num_slots: int = 4  # K factors
-    slot_iters: int = 3  # slot-attention iterations per frame
-    action_dim: int = 0  # A per slot; 0 -> dim // num_slots (capacity matched to one latent of size dim)
-    beta: float = 2e-4  # KL coefficient
-    factorizer_temporal: bool = True  # False: ablation without the factorizer's temporal attention (SAVi)
-    coupling: str = "factored"  # "factored" (FLAM) | "global" (Global-Coupled FLAM ablation)
-    feature_dim: int = 5  # F = len(FSQ levels) of the tokenizer
-    num_tokens: int = 256  # N = h * w tokens per frame
-    # Frames in the factorizer's temporal window (time-embedding rows). Training windows must have exactly
-    # this length (train/config.py checks lam_train.window), so every row is trained; longer sequences slide.
-    max_frames: int = 16
-    dropout: float = 0.0
-    # -- baselines (model/zoo.py); ignored by the models they do not concern --
-    vq_codes: int = 8  # Genie: codebook size (presets size it to the joint action count, appendix C.1)
-    vq_commitment: float = 0.25  # Genie: commitment loss weight
-    vq_restart_every: int = 100  # Genie: revive codes unused over this many steps
-    num_actions: int = 0  # World Model: ground-truth actions per actor (7 MultiGrid, 15 Procgen)
-    num_actors: int = 1  # World Model: actors with an action each step (MultiGrid agents; 1 for Procgen)
-    action_code: str = "joint"  # World Model: "joint" (one index over all actors, the paper) | "additive"
-    slot_pretrain_steps: int = 5000  # PlaySlot / SlotFormer: steps of the object-centric stage first
-
-    def __post_init__(self) -> None:
-        for name in ("dim", "num_heads", "depth", "num_slots", "slot_iters", "feature_dim", "num_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"LAMConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.dim % self.num_heads:
-            raise ValueError(f"LAMConfig.dim {self.dim} is not divisible by num_heads {self.num_heads}")
-        if self.action_dim < 0:
-            raise ValueError(
-                f"LAMConfig.action_dim must be >= 0 (0 = dim // num_slots), got {self.action_dim}"
-            )
-        if self.action_dim == 0 and self.dim % self.num_slots:
-            raise ValueError(
-                f"LAMConfig.action_dim=0 means dim // num_slots, but dim {self.dim} is not divisible by "
-                f"num_slots {self.num_slots}; set action_dim explicitly"
-            )
-        if self.coupling not in COUPLINGS:
-            raise ValueError(f"LAMConfig.coupling {self.coupling!r} unknown; choose one of {COUPLINGS}")
-        if self.beta < 0:
-            raise ValueError(f"LAMConfig.beta must be >= 0, got {self.beta}")
-        if self.max_frames < 2:
-            raise ValueError(f"LAMConfig.max_frames must be >= 2, got {self.max_frames}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LAMConfig.dropout must be in [0, 1), got {self.dropout}")
-        for name in ("vq_codes", "vq_restart_every", "num_actors"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"LAMConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.action_code not in ("joint", "additive"):
-            raise ValueError(f"LAMConfig.action_code must be 'joint' or 'additive', got {self.action_code!r}")
-        if self.num_actions < 0 or self.slot_pretrain_steps < 0:
-            raise ValueError("LAMConfig.num_actions and slot_pretrain_steps must be >= 0")
-
-    @property
-    def latent_action_dim(self) -> int:
-        """A: the size of each slot's latent action."""
-        return self.action_dim or self.dim // self.num_slots
 
 
 class Aggregator(nn.Module):
@@ -125,19 +60,21 @@ class FLAM(TokenWorldModel):
     """Factored latent action model. ``forward(batch) -> (loss, metrics)``; ``infer_actions``,
     ``sample_prior_actions`` and ``rollout`` for evaluation and controllable generation.
 
-    Loss (paper Eq. 6): ``pred_mse + beta * kl`` (times ``batch["kl_weight"]`` when given: the trainer's
-    latent warm-up, ``LAMTrainConfig.latent_warmup_steps``) with
+    Loss (paper Eq. 6): ``pred_mse + the latent family's term`` (``model/latents.py``, ``lam.latent``), with
     - pred_mse: mean over B, T-1 steps, N tokens and F dims of (pred - features_{t+1})^2;
-    - kl: KL(q(z_t^k) || N(0, I)) summed over the A action dims and over the K slots, averaged over B and
-      the T-1 steps. Summing over slots (the paper's sum over factors i = 1..K) makes it the KL of all
-      D = K*A latent numbers, the same quantity a capacity-matched monolithic LAM (one latent of size D)
-      puts under the same beta. ``kl_per_slot`` [K] is the per-slot term (``kl == kl_per_slot.sum()``).
+    - kl (the default): beta * KL(q(z_t^k) || N(0, I)) summed over the A action dims and over the K slots,
+      averaged over B and the T-1 steps. Summing over slots (the paper's sum over factors i = 1..K) makes it
+      the KL of all D = K*A latent numbers, the same quantity a capacity-matched monolithic LAM (one latent
+      of size D) puts under the same beta. ``kl_per_slot`` [K] is the per-slot term (``kl == sum``);
+    - sparse: the paper 003 regulariser over the pooled slot latents; vq: one codebook shared by the slots.
+    The kl and sparse terms are multiplied by ``batch["kl_weight"]`` when given (the trainer's latent
+    warm-up, ``LAMTrainConfig.latent_warmup_steps``).
 
     Subclasses (``model/object_centric.py``) reuse everything: ``latent = "none"`` drops the IDM and the
     latent actions (A = 0), ``_encode`` is the hook where slots can be frozen.
     """
 
-    latent = "gaussian"
+    latent = "kl"
     has_slots = True
     factored = True
 
@@ -154,7 +91,11 @@ class FLAM(TokenWorldModel):
             temporal=cfg.factorizer_temporal,
             dropout=cfg.dropout,
         )
-        self.idm = IDM(d, cfg.num_heads, cfg.depth, a, cfg.coupling, cfg.dropout) if a else None
+        self.idm = None
+        if a:
+            self._init_latent(a)
+            gaussian = self.latent_head.gaussian
+            self.idm = IDM(d, cfg.num_heads, cfg.depth, a, cfg.coupling, cfg.dropout, gaussian=gaussian)
         self.fdm = FDM(d, cfg.num_heads, cfg.depth, a, cfg.coupling, cfg.dropout)
         self.aggregator = Aggregator(d, cfg.num_heads, cfg.depth, cfg.dropout)
 
@@ -167,55 +108,66 @@ class FLAM(TokenWorldModel):
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """batch["features"]: float [B, T, N, F], T >= 2 (optional batch["noise"]: the reparameterisation
-        eps [B, T-1, K, A], see ``noise_shape``; optional batch["kl_weight"]: a factor on beta) ->
-        (scalar loss, detached metrics):
-        loss, pred_mse, copy_mse (last-frame-copy baseline), kl, kl_per_slot [K], slot_usage [K]
-        (share of token attention mass won by each slot; sums to 1), post_std (mean posterior std)."""
+        eps [B, T-1, K, A] of the kl family, see ``noise_shape``; optional batch["kl_weight"]: a factor on
+        the kl / sparse term) -> (scalar loss, detached metrics): loss, pred_mse, copy_mse (last-frame-copy
+        baseline), slot_usage [K] (share of token attention mass won by each slot; sums to 1) and the
+        family's own (kl: kl, kl_per_slot [K], post_std; sparse: sparse_loss, energy, vcm terms; vq:
+        vq_loss, perplexity, codes_used)."""
         features = batch["features"]
-        out = self.predict(features, batch.get("noise"))
+        out = self.predict(features, batch.get("noise"), batch.get("kl_weight", 1.0))
         errors = self.prediction_errors(out["pred"], features)
-        kl_per_slot = gaussian_kl(out["mu"], out["logvar"]).mean(dim=(0, 1))  # [K]
-        kl = kl_per_slot.sum()
-        loss = errors["pred_mse"] + self.cfg.beta * batch.get("kl_weight", 1.0) * kl
+        loss = errors["pred_mse"] + out["latent_loss"]
         metrics = {
             "loss": loss,
             **errors,
             "slot_usage": out["attn"].float().mean(dim=(0, 1, 3)),
+            **out["latent_metrics"],
         }
-        if self.action_dim:
-            metrics.update(
-                kl=kl, kl_per_slot=kl_per_slot, post_std=(0.5 * out["logvar"].float()).exp().mean()
-            )
         return loss, {k: v.detach() for k, v in metrics.items()}
 
     def noise_shape(self, features: Tensor) -> tuple[int, ...] | None:
         """Shape of the reparameterisation noise ``batch["noise"]`` for ``features`` [B, T, N, F]:
-        (B, T-1, K, A); None without latent actions."""
-        if not self.action_dim:
+        (B, T-1, K, A) for the kl family; None otherwise."""
+        if not self.action_dim or self.latent != "kl":
             return None
         return (features.shape[0], features.shape[1] - 1, self.cfg.num_slots, self.action_dim)
 
-    def predict(self, features: Tensor, noise: Tensor | None = None) -> dict[str, Tensor]:
+    def predict(
+        self, features: Tensor, noise: Tensor | None = None, weight: Tensor | float = 1.0
+    ) -> dict[str, Any]:
         """Teacher-forced one-step predictions of frames 1..T-1. features: [B, T, N, F] -> dict with
-        pred [B, T-1, N, F]; mu, logvar, z [B, T-1, K, A]; slots [B, T, K, D]; attn [B, T, K, N];
-        next_slots (the FDM's ŝ) [B, T-1, K, D]. z is sampled in training mode, the posterior mean in eval."""
+        pred [B, T-1, N, F]; mu (the IDM's output: the posterior mean for kl, the latent for sparse, the
+        encoding before quantisation for vq), z [B, T-1, K, A] (+ logvar for kl); slots [B, T, K, D];
+        attn [B, T, K, N]; next_slots (the FDM's ŝ) [B, T-1, K, D]; latent_loss (the family's term times
+        ``weight``) and latent_metrics. kl: z is sampled in training mode, the posterior mean in eval."""
         self._check_features(features, min_frames=2)
         b = features.shape[0]
         x, slots, attn = self._encode(features)
         current = rearrange(slots[:, :-1], "b t k d -> (b t) k d")  # fold the T-1 transitions into batch
         mu, logvar = self._posterior(current, rearrange(slots[:, 1:], "b t k d -> (b t) k d"))
-        if noise is not None:
-            noise = rearrange(noise, "b t k a -> (b t) k a")
-        z = reparameterize(mu, logvar, sample=self.training and self.action_dim > 0, noise=noise)
+        if self.action_dim:
+            if noise is not None:
+                noise = rearrange(noise, "b t k a -> (b t) k a")
+            z, latent_loss, latent_metrics = self.latent_head(mu, logvar, noise, weight)
+        else:
+            z, latent_loss, latent_metrics = mu, mu.new_zeros(()), {}
         next_slots = self.fdm(current, z)
         pred = self._decode(
             rearrange(x[:, :-1], "b t n d -> (b t) n d"),
             rearrange(features[:, :-1], "b t n f -> (b t) n f"),
             next_slots,
         )
-        unfold = {"pred": pred, "mu": mu, "logvar": logvar, "z": z, "next_slots": next_slots}
+        unfold = {"pred": pred, "mu": mu, "z": z, "next_slots": next_slots}
+        if logvar is not None:
+            unfold["logvar"] = logvar
         out = {k: rearrange(v, "(b t) ... -> b t ...", b=b) for k, v in unfold.items()}
-        return {**out, "slots": slots, "attn": attn}
+        return {
+            **out,
+            "slots": slots,
+            "attn": attn,
+            "latent_loss": latent_loss,
+            "latent_metrics": latent_metrics,
+        }
 
     # -- evaluation / generation ---------------------------------------------------------------------
 
@@ -224,6 +176,10 @@ class FLAM(TokenWorldModel):
         self._check_features(features, min_frames=1)
         return self._encode(features)[1]
 
+    def states(self, features: Tensor) -> Tensor:
+        """The state a controller reads (``model/base.py``): the slots [B, T, K, D]."""
+        return self.slots(features)
+
     def slot_attention(self, features: Tensor) -> Tensor:
         """The factorizer's token-to-slot assignment (the last slot-attention round's softmax over slots).
         features [B, T, N, F] -> attn [B, T, K, N], summing to 1 over K."""
@@ -231,14 +187,17 @@ class FLAM(TokenWorldModel):
         return self._encode(features)[2]
 
     def infer_actions(self, features: Tensor, actions: Tensor | None = None) -> Tensor:
-        """Posterior means of the latent actions. features: [B, T, N, F] -> z [B, T-1, K, A], where
-        z[:, t] drives the transition from frame t to frame t+1 (``actions``: unused, no ground truth)."""
+        """The IDM's latent actions (kl: posterior means; sparse: the latents; vq: the codes).
+        features: [B, T, N, F] -> z [B, T-1, K, A], where z[:, t] drives the transition from frame t to
+        frame t+1 (``actions``: unused, no ground truth)."""
         self._check_features(features, min_frames=2)
         b = features.shape[0]
         _, slots, _ = self._encode(features)
         mu, _ = self._posterior(
             rearrange(slots[:, :-1], "b t k d -> (b t) k d"), rearrange(slots[:, 1:], "b t k d -> (b t) k d")
         )
+        if self.action_dim:
+            mu = self.latent_head.infer(mu)
         return rearrange(mu, "(b t) k a -> b t k a", b=b)
 
     def sample_prior_actions(
@@ -248,21 +207,28 @@ class FLAM(TokenWorldModel):
         device: torch.device | str | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Latent actions drawn from the prior N(0, I): [batch_size, steps, K, A]. For controllable
-        generation, replace one slot's column of ``infer_actions`` output with these and ``rollout``."""
+        """Latent actions drawn from the family's prior (kl: N(0, I); sparse: ``SparsePrior``; vq: uniform
+        codes): [batch_size, steps, K, A]. For controllable generation, replace one slot's column of
+        ``infer_actions`` output with these and ``rollout``."""
         shape = (batch_size, steps, self.cfg.num_slots, self.action_dim)
-        device = device if device is not None else self.pos_embed.device
-        return torch.randn(shape, generator=generator).to(device)
+        if not self.action_dim:
+            return torch.zeros(shape, device=device if device is not None else self.pos_embed.device)
+        return self._prior(shape, device, generator)
 
     def rollout(
-        self, first: Tensor, actions: Tensor, snap: Callable[[Tensor], Tensor] | None = None
+        self,
+        first: Tensor,
+        actions: Tensor | ActionFn,
+        snap: Callable[[Tensor], Tensor] | None = None,
+        steps: int | None = None,
     ) -> Tensor:
         """Autoregressive prediction from context frames under given latent actions.
 
         first: [B, t0, N, F] context features (t0 >= 1); actions: [B, n, K, A], actions[:, i] drives the
-        step from frame t0-1+i to t0+i (so ``infer_actions(gt)[:, t0-1:]`` replays a ground-truth clip);
-        snap: optional map of predicted features onto the code grid (e.g. ``FSQ.snap``), applied to every
-        prediction before it is fed back and returned. -> predicted features [B, n, N, F].
+        step from frame t0-1+i to t0+i (so ``infer_actions(gt)[:, t0-1:]`` replays a ground-truth clip), or a
+        function (i, slots before step i [B, K, D]) -> [B, K, A] with ``steps`` = n (a controller that reads
+        the state); snap: optional map of predicted features onto the code grid (e.g. ``FSQ.snap``),
+        applied to every prediction before it is fed back and returned. -> predicted features [B, n, N, F].
 
         The rollout carries the history the factorizer needs: the embedded tokens of the last
         ``max_frames`` frames (context, then predictions), from which the current slots are recomputed at
@@ -272,18 +238,22 @@ class FLAM(TokenWorldModel):
         With n=1 and ``infer_actions`` inputs this equals ``predict``'s teacher-forced prediction of frame t0.
         """
         self._check_features(first, min_frames=1)
-        self._check_rollout_actions(actions, (first.shape[0], self.cfg.num_slots, self.action_dim))
+        want = (first.shape[0], self.cfg.num_slots, self.action_dim)
+        n = self._rollout_length(actions, steps)
+        if not callable(actions):
+            self._check_rollout_actions(actions, want)
         keep = self.cfg.max_frames if self.cfg.factorizer_temporal else None
         history = self._embed(first)  # [B, t, N, D]
         f_t, preds = first[:, -1], []
-        for i in range(actions.shape[1]):
+        for i in range(n):
             window = history if keep is None else history[:, -keep:]
             slots_t = self.factorizer(window)[0][:, -1]
-            f_t = self._decode(history[:, -1], f_t, self.fdm(slots_t, actions[:, i]))
+            a_t = self._step_actions(actions, i, slots_t, want)
+            f_t = self._decode(history[:, -1], f_t, self.fdm(slots_t, a_t))
             if snap is not None:
                 f_t = snap(f_t)
             preds.append(f_t)
-            if i + 1 < actions.shape[1]:
+            if i + 1 < n:
                 history = torch.cat([history, self._embed(f_t)[:, None]], dim=1)
                 if keep is not None:
                     history = history[:, -keep:]
@@ -297,11 +267,11 @@ class FLAM(TokenWorldModel):
         slots, attn = self.factorizer(x)
         return x, slots, attn
 
-    def _posterior(self, current: Tensor, next_slots: Tensor) -> tuple[Tensor, Tensor]:
-        """IDM posterior (mu, logvar) [B, K, A]; empty [B, K, 0] tensors for a model without actions."""
+    def _posterior(self, current: Tensor, next_slots: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The IDM's output [B, K, A] and, for kl, its logvar (else None); an empty [B, K, 0] tensor for a
+        model without actions."""
         if self.idm is None:
-            empty = current.new_zeros(*current.shape[:2], 0)
-            return empty, empty
+            return current.new_zeros(*current.shape[:2], 0), None
         return self.idm(current, next_slots)
 
     def _decode(self, x_t: Tensor, features_t: Tensor, next_slots: Tensor) -> Tensor:

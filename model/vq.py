@@ -11,14 +11,21 @@ Shapes: [..., E] continuous encodings in, the nearest of C codebook vectors out.
 - Dead codes: a latent-action codebook collapses to a handful of codes unless unused ones are revived.
   Every ``restart_every`` training steps, codes chosen fewer than ``dead_threshold`` times since the last
   restart are replaced by encodings drawn from the current batch, distinct rows without replacement, and
-  when there are more dead codes than encodings the surplus get a small seeded jitter: the codebook never
-  holds two equal codes, whose exact tie would leave the argmin to the matmul kernel's rounding (this made
-  2 ranks and 1 process pick different codes and diverge). Step 0 is such a restart, which initialises the
-  whole codebook from data. Under torchrun the usage counts are all-reduced every step
-  and the replacement encodings are drawn from the all-gathered *global* batch (rank order = global batch
-  order, see ``train.lam.GlobalBatches``) with a generator seeded by the restart count, so every rank
-  makes the same change, and the same as a single process with the whole batch. The counters are
-  buffers: they are checkpointed and a resumed run restarts the same codes.
+  when there are more dead codes than distinct encodings the surplus get a small seeded jitter: the codebook
+  never holds two equal codes, whose exact tie would leave the argmin to the matmul kernel's rounding (this
+  made 2 ranks and 1 process pick different codes and diverge). Step 0 is such a restart, which initialises
+  the whole codebook from data. Under torchrun the usage counts are all-reduced every step and the
+  replacement encodings are drawn from the all-gathered *global* batch (rank order = global batch order, see
+  ``train.lam.GlobalBatches``), in an order hashed from (restart count, row index), rows equal up to rounding
+  counted once, so every rank makes the same change, the same as a single process with the whole batch, and
+  the same compiled as eager. The counters are buffers: they are
+  checkpointed and a resumed run restarts the same codes.
+- torch.compile: no graph breaks. Every shape is static (counts by scatter-add over the C codes, not a
+  bincount whose length depends on the data; duplicates found by sorting a fp64 projection of the rows, not
+  ``unique``; dead codes selected by masks, not ``nonzero``; the draw order by an integer hash, not a CPU
+  generator). Whether a step restarts is a Python bool the trainer sets before the forward
+  (``begin_step``), so a compiled model holds two graphs, with and without the restart, and never reads a
+  tensor into Python; without ``begin_step`` (eager use, tests) the module counts its own steps.
 """
 
 from __future__ import annotations
@@ -50,15 +57,27 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("usage", torch.zeros(num_codes))  # assignments since the last restart
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # training forwards seen
         self.register_buffer("restarts", torch.zeros((), dtype=torch.long))
+        # A fixed direction to project rows on when looking for duplicates (a function of dim alone).
+        probe = torch.randn(dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        self.register_buffer("probe", probe, persistent=False)
+        self.restart_due: bool | None = None  # set by begin_step; None: count steps ourselves
 
     @property
     def num_codes(self) -> int:
         return self.codebook.shape[0]
 
+    def begin_step(self, step: int) -> None:
+        """Called by the trainer before the training forward of global step ``step`` (outside
+        torch.compile): decides whether that forward restarts dead codes, as a Python bool."""
+        self.restart_due = step % self.restart_every == 0
+
     def forward(self, z_e: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         flat = z_e.float().reshape(-1, z_e.shape[-1])  # [M, E]
         if self.training:
-            if int(self.steps) % self.restart_every == 0:
+            due = self.restart_due
+            if due is None:  # no trainer step given: count our own (reads a tensor: eager use only)
+                due = int(self.steps) % self.restart_every == 0
+            if due:
                 self._restart_dead_codes(flat.detach())
             self.steps += 1
         indices = self.nearest(flat)
@@ -66,7 +85,7 @@ class VectorQuantizer(nn.Module):
             codes = self.codebook.float()[indices]  # [M, E]
             loss = F.mse_loss(codes, flat.detach()) + self.commitment * F.mse_loss(flat, codes.detach())
         if self.training:
-            counts = torch.bincount(indices, minlength=self.num_codes).float()
+            counts = self.counts(indices)
             if dist.is_available() and dist.is_initialized():
                 dist.all_reduce(counts)
             self.usage += counts
@@ -85,36 +104,77 @@ class VectorQuantizer(nn.Module):
         """int64 [...] -> codes [..., E]."""
         return self.codebook[indices]
 
+    @torch.no_grad()
+    def counts(self, indices: Tensor) -> Tensor:
+        """How often each code occurs in ``indices`` (int64 [...] in [0, C)): fp32 [C], a static shape."""
+        flat = indices.reshape(-1)
+        ones = torch.ones(flat.shape, dtype=torch.float32, device=flat.device)
+        return torch.zeros(self.num_codes, device=flat.device).scatter_add_(0, flat, ones)
+
     def perplexity(self, indices: Tensor) -> Tensor:
         """exp(entropy) of the code histogram of ``indices`` (1 = collapsed, num_codes = uniform)."""
-        p = torch.bincount(indices.flatten(), minlength=self.num_codes).float()
+        p = self.counts(indices)
         p = p / p.sum().clamp(min=1)
         return torch.exp(-(p * p.clamp(min=1e-12).log()).sum())
 
     @torch.no_grad()
     def _restart_dead_codes(self, flat: Tensor) -> None:
-        dead = (self.usage < self.dead_threshold).nonzero().flatten()
-        if len(dead):
-            # The global batch's encodings, in rank order; equal rows (e.g. from identical frame pairs) once.
-            pool = torch.unique(_gather_rows(flat), dim=0)
-            gen = torch.Generator().manual_seed(int(self.restarts))
-            # Distinct rows: every encoding once (in a seeded order) before any is used again.
-            rounds = -(-len(dead) // len(pool))
-            pick = torch.cat([torch.randperm(len(pool), generator=gen) for _ in range(rounds)])[: len(dead)]
-            new = pool[pick.to(pool.device)]
-            # Reused encodings (more dead codes than encodings) get a jitter of 1% of the encodings' scale.
-            repeat = (torch.arange(len(dead)) >= len(pool)).to(pool.device)
-            scale = 0.01 * pool.std().clamp(min=1e-6)
-            jitter = torch.randn(new.shape, generator=gen).to(pool.device) * scale
-            self.codebook[dead] = torch.where(repeat[:, None], new + jitter, new).to(self.codebook.dtype)
+        """Replace the codes used fewer than ``dead_threshold`` times by rows of the global batch (see the
+        module docstring); static shapes throughout, so it compiles into the training graph."""
+        rows = _gather_rows(flat)  # [R, E], the global batch in rank order
+        order, distinct = self._draw_order(rows)
+        dead = self.usage < self.dead_threshold  # [C]
+        rank = dead.long().cumsum(0) - 1  # the i-th dead code takes the i-th drawn row ...
+        new = rows[order[rank.clamp(min=0) % distinct]]  # [C, E]
+        repeat = rank >= distinct  # ... cycling when there are more dead codes than distinct rows
+        scale = 0.01 * rows.std().clamp(min=1e-6)  # reused rows get a jitter of 1% of the encodings' scale
+        cells = torch.arange(new.numel(), device=rows.device).reshape(new.shape)
+        jitter = (2 * _hash_uniform(cells, self.restarts, salt=1) - 1).to(new.dtype) * scale
+        new = torch.where(repeat[:, None], new + jitter, new)
+        self.codebook.copy_(torch.where(dead[:, None], new.to(self.codebook.dtype), self.codebook))
         self.usage.zero_()
         self.restarts += 1
+
+    def _draw_order(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """rows [R, E] -> (order int64 [R]: one row of every group of equal rows, in a seeded random order,
+        then the others; the number of groups, int64 0-d).
+
+        Rows are grouped by their fp64 projection on a fixed random direction: rows equal up to rounding
+        (projections within 1e-5 of the rows' scale) form one group, whose representative is its lowest row
+        index. Rounding-close rows would make rounding-close codes, whose argmin is as fragile as an exact
+        tie; and a compiled graph, or another split of the batch over ranks, rounds the same encodings a
+        little differently (1e-7 relative), which must not change which rows are drawn. Distinct encodings
+        (other frames) lie far further apart along a random direction, but for a measure-zero coincidence."""
+        r = rows.shape[0]
+        key = rows.double() @ self.probe.double()  # [R]
+        tol = 1e-5 * rows.detach().abs().amax().double() * rows.shape[1] ** 0.5
+        sorted_key, by_key = torch.sort(key, stable=True)
+        starts = torch.cat([sorted_key.new_ones(1, dtype=torch.bool), sorted_key.diff() > tol])
+        group = torch.empty_like(by_key).scatter(0, by_key, starts.long().cumsum(0) - 1)  # [R] per row
+        index = torch.arange(r, device=rows.device)
+        lowest = torch.full_like(index, r).scatter_reduce(0, group, index, reduce="amin")  # [R] per group
+        is_first = index == lowest[group]
+        score = _hash_uniform(index, self.restarts, salt=0)
+        order = torch.argsort(torch.where(is_first, score, score + 2), stable=True)
+        return order, is_first.sum()
+
+
+def _hash_uniform(index: Tensor, seed: Tensor, salt: int) -> Tensor:
+    """Counter-based random numbers: fp64 in [0, 1) for every int64 ``index`` (>= 0, < 2**31) under the
+    int64 0-d ``seed``: the same on every device and rank, inside compiled graphs, no generator state.
+    Three rounds of a 32-bit integer mix (xor-shift, multiply); int64 arithmetic, so nothing overflows."""
+    mask = 0xFFFFFFFF
+    x = (index * 0x9E3779B1 + seed.to(index.device) * 0x85EBCA6B + salt * 0xC2B2AE35) & mask
+    for _ in range(3):
+        x = ((x ^ (x >> 16)) * 0x45D9F3B) & mask
+    x = x ^ (x >> 16)
+    return x.double() / 2.0**32
 
 
 def _gather_rows(x: Tensor) -> Tensor:
     """Concatenate every rank's [M, E] rows in rank order (each rank holds the same M)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
+    out = x.new_empty((dist.get_world_size() * x.shape[0], *x.shape[1:]))
+    dist.all_gather_into_tensor(out, x.contiguous())
+    return out

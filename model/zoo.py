@@ -23,7 +23,8 @@ import dataclasses
 from collections.abc import Callable
 
 from model.base import TokenWorldModel
-from model.flam import FLAM, LAMConfig
+from model.config import LAMConfig
+from model.flam import FLAM
 from model.object_centric import PlaySlot, SlotFormer
 from model.scene import AdaWorld, Genie, WorldModel
 

@@ -12,9 +12,10 @@ across torchrun ranks and DataLoader workers, resumable at an exact position.
 Stages, each a plain function tested alone, run per worker slot and epoch:
 
     list_shards -> shuffle_shards (seed, epoch) -> split_by_rank -> split_by_worker
-      -> read_samples (tar -> raw member bytes) -> select_samples (sample-level split, small sets only)
-      -> shuffle_samples (seeded buffer) -> skip_consumed (numbers samples, drops the consumed ones)
-      -> decode_samples (meta, window choice, decode of the window's frames, arrays, checks) -> dicts
+      -> read_samples (shards/tar.py: tar -> raw member bytes) -> select_samples (sample-level split,
+         small sets only) -> shuffle_samples (seeded buffer) -> skip_consumed (numbers samples, drops the
+         consumed ones) -> decode_samples (shards/decode.py: meta, window choice, decode of the window's
+         frames, arrays, checks) -> dicts
 
 **Split.** Every rank and worker computes the epoch's shard order from (seed, epoch) alone, then takes
 its part: shards round robin over ranks, then the rank's shards round robin over its DataLoader
@@ -55,9 +56,10 @@ infinite stream after the last batch handed out, and reads a fresh pass in one-p
 
 **Corrupt data.** Unreadable or truncated tars end their shard (complete samples before the break are
 kept); samples with missing members, bad meta/arrays, undecodable video or inconsistent lengths are
-skipped. Each is logged with shard, key and reason, and counted in ``dataset.stats``: counters in
-shared memory, one row per DataLoader worker, summed over the rank's workers (per rank: all-reduce them
-for a global figure). Configuration errors (format version, a window longer than the clip) raise.
+skipped. Each is logged with shard, key and reason, and counted in ``dataset.stats``
+(``shards/stats.py``): counters in shared memory, one row per DataLoader worker, summed over the rank's
+workers (per rank: all-reduce them for a global figure). Configuration errors (format version, a window
+longer than the clip) raise.
 
 **Samples.** ``frames`` uint8 [T, H, W, C] (layout "THWC", the default) or [T, C, H, W] ("TCHW", what
 conv nets take), C = 3 RGB; ``actions`` int64 [T] (Procgen) or [T, A] (MultiGrid), ``positions``
@@ -70,62 +72,35 @@ the window within the clip); ``cursor``.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import io
 import itertools
-import json
 import logging
 import os
-import posixpath
-import tarfile
-import zlib
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
-from shards.format import (
-    ACTIONS_KEY,
-    DONES_KEY,
-    META_KEY,
-    POSITIONS_KEY,
-    READABLE_FORMAT_VERSIONS,
-    REWARDS_KEY,
-    SPLITS,
-    ClipMeta,
-    npy_load,
-)
+from shards.decode import decode_samples
+from shards.format import SPLITS
 from shards.manifest import load_manifest
-from shards.video import VideoShapeError, check_frames, decode_video, decord_frames
+from shards.stats import LoaderStats
+from shards.tar import RawSample, ShardInfo, read_samples
 
 log = logging.getLogger(__name__)
 
 LAYOUTS = ("THWC", "TCHW")
-SKIP_REASONS = ("tar", "missing", "meta", "array", "decode", "shape")
 STATE_VERSION = 1
 EMPTY_EPOCH_LIMIT = 8
-# Decoded size above which a clip is refused whatever its meta says (the meta is data, not a promise):
-# 1 GiB is 64x a 16-frame 1024x1024 clip. Raise it here for longer or larger clips.
-MAX_CLIP_BYTES = 1 << 30
-# Salts keep the shard order, buffer draws and window starts independent streams of one seed.
-_SHARD_SALT, _BUFFER_SALT, _WINDOW_SALT = 0x5A4D, 0xB0FF, 0x3D0E
+# Salts keep the shard order, buffer draws and window starts (shards/decode.py) independent streams of one
+# seed.
+_SHARD_SALT, _BUFFER_SALT = 0x5A4D, 0xB0FF
 
 
 # ---------------------------------------------------------------------------------------------- split
-
-
-@dataclass(frozen=True)
-class ShardInfo:
-    """A shard and what its manifest says about it (None for an explicit list of paths)."""
-
-    path: str
-    num_samples: int | None = None
-    sha256: str | None = None
-    size_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -200,204 +175,7 @@ def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tupl
     return rank, world_size
 
 
-# --------------------------------------------------------------------------------------- counters
-
-
-class LoaderStats:
-    """Counters in a shared-memory tensor with one row per process (row 0: iteration in this process,
-    row 1 + i: DataLoader worker i), so workers count without locks and the main process reads the
-    sum. torch hands shared tensors to workers by handle, under fork and spawn alike. ``samples``
-    counts yielded samples, prefetched ones included."""
-
-    NAMES = ("samples", "shard_errors", *(f"skip_{r}" for r in SKIP_REASONS))
-    ROWS = 257  # workers beyond 256 share rows (and may then lose a count in a race)
-
-    def __init__(self) -> None:
-        self._table = torch.zeros(self.ROWS, len(self.NAMES), dtype=torch.int64).share_memory_()
-        self._column = {name: i for i, name in enumerate(self.NAMES)}
-        self._view: np.ndarray | None = None  # numpy view of the table: a count costs ~0.2 us
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_view": None}
-
-    def add(self, name: str, n: int = 1) -> None:
-        if self._view is None:
-            self._view = self._table.numpy()
-        info = get_worker_info()
-        row = 0 if info is None else 1 + info.id % (self.ROWS - 1)
-        self._view[row, self._column[name]] += n
-
-    def as_dict(self) -> dict[str, Any]:
-        values = dict(zip(self.NAMES, self._table.sum(0).tolist(), strict=True))
-        skipped = {r: values[f"skip_{r}"] for r in SKIP_REASONS}
-        return {
-            "samples": values["samples"],
-            "skipped": sum(skipped.values()),
-            "skipped_by_reason": skipped,
-            "shard_errors": values["shard_errors"],
-        }
-
-
-def _add(stats: LoaderStats | None, name: str) -> None:
-    if stats is not None:
-        stats.add(name)
-
-
 # ------------------------------------------------------------------------------------ sample stages
-
-
-@dataclass
-class RawSample:
-    """One sample's undecoded members, keyed by extension ("mp4", "actions.npy", "json")."""
-
-    shard: str
-    key: str
-    members: dict[str, bytes] = field(default_factory=dict)
-    cursor: tuple[int, int, int, int] = (0, 1, 0, 0)  # (slot, num_slots, epoch, pos), see skip_consumed
-
-
-def _split_name(name: str) -> tuple[str, str]:
-    """WebDataset's rule: the key ends at the first dot of the file name."""
-    directory, base = posixpath.split(name)
-    stem, _, ext = base.partition(".")
-    return posixpath.join(directory, stem), ext
-
-
-def read_samples(shards: Iterable[ShardInfo], stats: LoaderStats | None = None) -> Iterator[RawSample]:
-    """Group each tar's members by sample key, in file order, without decoding anything.
-
-    A shard that cannot be opened or breaks mid-way (truncated, bad header) ends there: the samples
-    read before the break are kept, the one being read is dropped (it may lack members) and counted.
-    A shard that reads cleanly but holds fewer samples than its manifest count (a cut at a member
-    boundary looks like a clean end of archive) is counted in ``shard_errors`` too.
-    """
-    for shard in shards:
-        yield from _read_shard(shard, stats)
-
-
-def _read_shard(shard: ShardInfo, stats: LoaderStats | None) -> Iterator[RawSample]:
-    count, current = 0, None
-    try:
-        with open(shard.path, "rb") as f:
-            for name, payload in tar_files(f):
-                key, ext = _split_name(name)
-                if current is not None and key != current.key:
-                    count += 1
-                    yield current
-                    current = None
-                if current is None:
-                    current = RawSample(shard.path, key)
-                current.members[ext] = payload
-    except (tarfile.TarError, OSError) as err:
-        cut = _split_name(err.name)[0] if isinstance(err, TruncatedMember) else None
-        if current is not None and cut is not None and cut != current.key:
-            count += 1
-            yield current  # complete: the next sample had begun when the data ran out
-            current = None
-        _add(stats, "shard_errors")
-        dropped = current.key if current is not None else cut
-        if dropped is not None:
-            _add(stats, "skip_tar")
-        log.warning(
-            "shard %s broke after %d samples (%s)%s",
-            shard.path,
-            count,
-            err,
-            f"; dropped the sample being read, {dropped}" if dropped else "",
-        )
-        return
-    if current is not None:
-        count += 1
-        yield current
-    if shard.num_samples is not None and count != shard.num_samples:
-        _add(stats, "shard_errors")
-        log.warning("shard %s holds %d samples, its manifest says %d", shard.path, count, shard.num_samples)
-
-
-_ZERO_BLOCK = bytes(512)
-_FILE_KINDS = (b"0", b"\x00")  # regular files
-_OTHER_KINDS = (b"1", b"2", b"3", b"4", b"5", b"6")  # links, devices, directories, fifos
-
-
-class TruncatedMember(tarfile.ReadError):
-    """The data of member ``name`` ends early (its header was read: earlier samples are complete)."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(f"unexpected end of data in {name}")
-        self.name = name
-
-
-class _NotPlainTar(Exception):
-    """An entry the fast tar reader leaves to tarfile: pax or GNU headers, base-256 sizes, odd checksums."""
-
-
-def tar_files(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
-    """(name, payload) of every regular file of the tar in ``f``, in order, in one sequential pass.
-
-    Plain ustar / v7 entries (what ShardWriter and most tools write for short names) are parsed here,
-    about 10x faster than tarfile; at the first entry of another kind the shard is reread with tarfile
-    from the start and the files already yielded are passed over. A cut raises tarfile.ReadError
-    (TruncatedMember when it falls in a member's data); unlike tarfile, a corrupt header after the first
-    one is an error, not the end of the archive.
-    """
-    done = 0
-    try:
-        for item in _plain_tar_files(f):
-            done += 1
-            yield item
-        return
-    except _NotPlainTar:
-        pass
-    f.seek(0)
-    with tarfile.open(fileobj=f, mode="r|") as tar:
-        for index, member in enumerate(m for m in tar if m.isfile()):
-            try:
-                payload = tar.extractfile(member).read()
-            except tarfile.ReadError as err:
-                raise TruncatedMember(member.name) from err
-            if index >= done:
-                yield member.name, payload
-
-
-def _plain_tar_files(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
-    first = True
-    while True:
-        header = f.read(512)
-        if len(header) < 512:
-            if first and not header:
-                raise tarfile.ReadError("empty file")
-            if header:
-                raise tarfile.ReadError("truncated header")
-            return  # a clean cut at an entry boundary reads like the end: the manifest count catches it
-        if header == _ZERO_BLOCK:
-            return
-        first = False
-        if header[124] & 0x80 or _octal(header[148:156]) != sum(header[:148]) + 256 + sum(header[156:]):
-            raise _NotPlainTar  # base-256 size or a checksum tarfile may still accept (signed sums)
-        size, kind = _octal(header[124:136]), header[156:157]
-        if size is None or kind not in _FILE_KINDS + _OTHER_KINDS:
-            raise _NotPlainTar
-        name = header[:100].split(b"\0", 1)[0]
-        if header[257:263] == b"ustar\x00":  # POSIX ustar: long names continue in the prefix field
-            prefix = header[345:500].split(b"\0", 1)[0]
-            name = prefix + b"/" + name if prefix else name
-        padding = -size % 512
-        if kind in _FILE_KINDS:
-            payload = f.read(size)
-            if len(payload) < size:
-                raise TruncatedMember(name.decode("utf-8", "surrogateescape"))
-            yield name.decode("utf-8", "surrogateescape"), payload
-            f.read(padding)
-        else:  # directories, links, devices: nothing to read
-            f.read(size + padding)
-
-
-def _octal(field: bytes) -> int | None:
-    digits = field.split(b"\0", 1)[0].strip()
-    try:
-        return int(digits, 8) if digits else None
-    except ValueError:
-        return None
 
 
 def select_samples(samples: Iterable[RawSample], part: Part, epoch: int) -> Iterator[RawSample]:
@@ -437,216 +215,6 @@ def skip_consumed(
         if pos > skip:
             sample.cursor = (slot, num_slots, epoch, pos)
             yield sample
-
-
-class SampleError(Exception):
-    """A sample that cannot be used; ``reason`` is one of SKIP_REASONS."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-
-
-def window_start(key: str, num_frames: int, window: int | None, seed: int, epoch: int) -> int:
-    """Start of the ``window``-frame crop of clip ``key``: drawn from (seed, epoch, key) only, so it does
-    not depend on rank, worker or resume point. 0 without a window."""
-    if window is None or window >= num_frames:
-        return 0
-    rng = np.random.default_rng([seed, epoch, zlib.crc32(key.encode()), _WINDOW_SALT])
-    return int(rng.integers(num_frames - window + 1))
-
-
-def decode_samples(
-    samples: Iterable[RawSample],
-    *,
-    layout: str = "THWC",
-    window: int | None = None,
-    seed: int = 0,
-    epoch: int = 0,
-    backend: str = "auto",
-    stats: LoaderStats | None = None,
-) -> Iterator[dict[str, Any]]:
-    """Decode raw samples into tensors (see the module doc for the dict); skip, log and count the bad."""
-    for raw in samples:
-        try:
-            sample = decode_sample(raw, layout=layout, window=window, seed=seed, epoch=epoch, backend=backend)
-        except SampleError as err:
-            _add(stats, f"skip_{err.reason}")
-            log.warning("skipped sample %s in %s (%s): %s", raw.key, raw.shard, err.reason, err)
-            continue
-        _add(stats, "samples")
-        yield sample
-
-
-def decode_sample(
-    raw: RawSample,
-    *,
-    layout: str = "THWC",
-    window: int | None = None,
-    seed: int = 0,
-    epoch: int = 0,
-    backend: str = "auto",
-) -> dict[str, Any]:
-    """One raw sample -> dict of tensors; raises SampleError for bad data, ValueError for bad config."""
-    members = raw.members
-    if META_KEY not in members:
-        raise SampleError("missing", f"no .{META_KEY} member (has {sorted(members)})")
-    try:
-        meta_dict = json.loads(members[META_KEY])
-    except (ValueError, RecursionError) as err:  # JSONDecodeError, bad UTF-8, absurd nesting
-        raise SampleError("meta", f"unreadable meta: {type(err).__name__}: {err}") from err
-    if not isinstance(meta_dict, dict):
-        raise SampleError("meta", "meta is not a JSON object")
-    if meta_dict.get("format_version") not in READABLE_FORMAT_VERSIONS:
-        # Not a corrupt sample but a dataset this code cannot read: stop rather than skip everything.
-        raise ValueError(
-            f"{raw.shard}: sample {raw.key} has format_version {meta_dict.get('format_version')}, this "
-            f"code reads {list(READABLE_FORMAT_VERSIONS)}: re-ingest the dataset"
-        )
-    try:
-        meta = ClipMeta.checked(meta_dict)
-    except ValueError as err:  # missing or unknown fields, wrong types or ranges
-        raise SampleError("meta", f"meta does not match ClipMeta: {err}") from err
-
-    t = meta.num_frames
-    if t * meta.height * meta.width * 3 > MAX_CLIP_BYTES:
-        raise SampleError(
-            "shape",
-            f"meta says {t} frames of {meta.height}x{meta.width}: over {MAX_CLIP_BYTES} bytes decoded "
-            "(shards.loader.MAX_CLIP_BYTES)",
-        )
-    if window is not None and window > t:
-        raise ValueError(f"window={window} is longer than clip {raw.key} ({t} frames)")
-    start = window_start(raw.key, t, window, seed, epoch)
-    stop = t if window is None else start + window
-
-    if meta.video_ext not in members:
-        raise SampleError("missing", f"no .{meta.video_ext} member (has {sorted(members)})")
-    arrays = {}
-    for name, member, wanted in (
-        ("actions", ACTIONS_KEY, meta.has_actions),
-        ("positions", POSITIONS_KEY, meta.has_positions),
-        ("rewards", REWARDS_KEY, meta.has_rewards),
-        ("dones", DONES_KEY, meta.has_rewards),
-    ):
-        if not wanted:
-            continue
-        if member not in members:
-            raise SampleError("missing", f"no .{member} member although the meta says has_{name}")
-        try:
-            array = _load_npy(members[member])
-        except (ValueError, EOFError) as err:
-            raise SampleError("array", f"unreadable {member}: {err}") from err
-        if array.ndim == 0 or array.shape[0] != t:
-            raise SampleError("shape", f"{name} has shape {array.shape}, the clip has {t} frames")
-        arrays[name] = torch.from_numpy(array[start:stop].copy())  # npy members load read-only
-
-    frames = _decode_frames(members[meta.video_ext], start, stop, (t, meta.height, meta.width), backend)
-    if frames.shape[1:] != (meta.height, meta.width, 3):
-        raise SampleError("shape", f"frames are {frames.shape[1:]}, the meta says {meta.height}x{meta.width}")
-    tensor = torch.from_numpy(frames)
-    if layout == "TCHW":
-        tensor = tensor.permute(0, 3, 1, 2).contiguous()
-    return {
-        "frames": tensor,
-        **arrays,
-        "key": raw.key,
-        "shard": raw.shard,
-        "meta": meta_dict,
-        "start": start,
-        "cursor": raw.cursor,
-    }
-
-
-_NPY_HEADERS: dict[bytes, tuple[tuple[int, ...], np.dtype]] = {}
-
-
-def _load_npy(data: bytes) -> np.ndarray:
-    """``npy_load`` with the header parse cached (numpy parses it with ast.literal_eval, about 0.1 ms;
-    the samples of a dataset share a handful of headers). Returns a read-only view of ``data``."""
-    if data[:8] != b"\x93NUMPY\x01\x00" or len(data) < 10:
-        return npy_load(data)  # other format versions: numpy's reader
-    end = 10 + int.from_bytes(data[8:10], "little")
-    header = data[10:end]
-    spec = _NPY_HEADERS.get(header)
-    if spec is None:
-        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(io.BytesIO(data[8:]))
-        if fortran_order or dtype.hasobject:
-            return npy_load(data)
-        spec = _NPY_HEADERS.setdefault(header, (shape, dtype))
-    shape, dtype = spec
-    count = int(np.prod(shape))
-    if len(data) - end != count * dtype.itemsize:
-        raise ValueError(f"npy payload is {len(data) - end} bytes, its header says {count * dtype.itemsize}")
-    return np.frombuffer(data, dtype, count, offset=end).reshape(shape)
-
-
-def _decode_errors() -> tuple[type[BaseException], ...]:
-    """What the decoders raise on bad bytes. decord raises a bare RuntimeError when it cannot open the
-    input (and DECORDError, not a RuntimeError, when it fails later); PyAV raises FFmpegError and its
-    subclasses; decode_video raises ValueError for a video without frames."""
-    errors: list[type[BaseException]] = [RuntimeError, ValueError]
-    if importlib.util.find_spec("decord") is not None:
-        from decord._ffi.base import DECORDError
-
-        errors.append(DECORDError)
-    if importlib.util.find_spec("av") is not None:
-        import av
-
-        errors.append(av.FFmpegError)
-    return tuple(errors)
-
-
-_DECODE_ERRORS: tuple[type[BaseException], ...] | None = None
-
-
-def _decode_frames(
-    data: bytes, start: int, stop: int, expect: tuple[int, int, int], backend: str
-) -> np.ndarray:
-    """Frames [stop - start, H, W, 3] uint8 of a clip of ``expect`` = (T, H, W) per its meta. A window is
-    read with decord's get_batch on just its frames (decoding stops after the window's last frame); a
-    full clip goes through ``shards.video.decode_video`` (decord, PyAV fallback). Either way the frame
-    count and size are checked before the frames are allocated (a decompression bomb is a skip)."""
-    global _DECODE_ERRORS
-    if _DECODE_ERRORS is None:
-        _DECODE_ERRORS = _decode_errors()
-    try:
-        if (start, stop) != (0, expect[0]) and backend != "pyav" and _have_decord():
-            frames = _decode_window_decord(data, start, stop, expect, backend)
-        else:
-            frames = decode_video(data, backend, expect)[start:stop]
-    except VideoShapeError as err:
-        raise SampleError("shape", str(err)) from err
-    except _DECODE_ERRORS as err:
-        raise SampleError("decode", f"{type(err).__name__}: {err}") from err
-    return frames if frames.flags.writeable else frames.copy()  # torch wants writable memory
-
-
-def _decode_window_decord(
-    data: bytes, start: int, stop: int, expect: tuple[int, int, int], backend: str
-) -> np.ndarray:
-    import decord
-    from decord._ffi.base import DECORDError
-
-    try:
-        reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1)
-        check_frames(len(reader), None, expect)
-        return decord_frames(reader, list(range(start, stop)), expect[1:])
-    except (DECORDError, RuntimeError):
-        if backend == "decord":
-            raise
-    # decord cannot copy out a few frame sizes (see shards.video): PyAV decodes the whole clip.
-    return decode_video(data, "pyav", expect)[start:stop]
-
-
-_HAVE_DECORD: bool | None = None
-
-
-def _have_decord() -> bool:
-    global _HAVE_DECORD
-    if _HAVE_DECORD is None:
-        _HAVE_DECORD = importlib.util.find_spec("decord") is not None
-    return _HAVE_DECORD
 
 
 # ------------------------------------------------------------------------------------------ dataset

@@ -33,7 +33,8 @@ import numpy as np
 from tqdm import tqdm
 
 from shards.format import META_KEY, obs_key
-from shards.loader import list_shards, read_samples
+from shards.loader import list_shards
+from shards.tar import read_samples
 from shards.tokens import TokenCache
 from shards.video import decode_video
 from shards.writer import fsync_dir

@@ -14,6 +14,10 @@ Layout (``<out>/<dataset>/tokens/<tokenizer-id>/<split>/``):
                                         records, plus CacheInfo (tokenizer id, manifest hash, levels,
                                         grid, version)
 
+and beside the splits (``<out>/<dataset>/tokens/<tokenizer-id>/``) ``source.json`` (the shards and
+tokenizer the cache began from) and ``recon.json`` / ``recon.md`` (the tokenizer's Recon report). Only
+this module knows the layout: the others ask ``cache_root`` / ``cache_dir`` / ``has_index``.
+
 One part per source shard, written to a temporary folder and renamed, so a killed precompute leaves
 only whole parts and a rerun does the rest. A part is done only when it holds every clip its shard's
 manifest entry lists and its files match their checksums: a part from a short, missing or damaged
@@ -37,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from shards.files import DataFileError, read_json
 from shards.integrity import require_complete
@@ -47,6 +50,8 @@ from shards.writer import fsync_dir, sha256_file
 TOKEN_FORMAT_VERSION = 2  # 2: part.json with counts, completeness and checksums
 INDEX_NAME = "index.json"
 PART_RECORD = "part.json"
+SOURCE_NAME = "source.json"  # beside the splits: the shards (manifest hash) and tokenizer a cache began from
+RECON_JSON, RECON_MD = "recon.json", "recon.md"  # beside the splits: the tokenizer's Recon report
 RERUN = "rerun `make precompute` (it redoes incomplete or damaged parts)"
 
 
@@ -69,8 +74,20 @@ class CacheInfo:
     format_version: int = TOKEN_FORMAT_VERSION
 
 
+def cache_root(out: str | Path, dataset: str, tokenizer_id: str) -> Path:
+    """``<out>/<dataset>/tokens/<tokenizer-id>``: one tokenizer's cache of a dataset (its splits, the
+    Recon report ``RECON_JSON``/``RECON_MD`` and the source record ``SOURCE_NAME``)."""
+    return Path(out) / dataset / "tokens" / tokenizer_id
+
+
 def cache_dir(out: str | Path, dataset: str, tokenizer_id: str, split: str) -> Path:
-    return Path(out) / dataset / "tokens" / tokenizer_id / split
+    """One split of the cache: ``cache_root(...) / split``."""
+    return cache_root(out, dataset, tokenizer_id) / split
+
+
+def has_index(split_dir: str | Path) -> bool:
+    """Whether a split of the cache is written (its ``index.json`` exists; parts may still be incomplete)."""
+    return (Path(split_dir) / INDEX_NAME).exists()
 
 
 def manifest_sha256(dataset_dir: str | Path) -> str:
@@ -316,6 +333,10 @@ class TokenCache:
                     raise CorruptCacheError(f"cannot read {path} ({err}): {RERUN}") from err
         return self._arrays[key]
 
+    def has(self, name: str) -> bool:
+        """Whether the cache holds ground truth ``name`` ("actions", "positions") for its clips."""
+        return bool(self.records) and f"{name}.npy" in self.records[0]["files"]
+
     def locate(self, i: int) -> tuple[int, int]:
         """Global clip index -> (part, clip within part)."""
         if not 0 <= i < len(self):
@@ -383,39 +404,3 @@ def open_checked(
         cache.verify()
     require_complete(cache.missing, f"token cache {cache.dir}", opt_in, allow_partial)
     return cache
-
-
-class TokenWindows(torch.utils.data.Dataset):
-    """Windows of ``window`` consecutive frames of cached codes, for training.
-
-    Item i is window i of the enumeration (clip, start) over every clip with starts every ``stride``
-    frames. Returns ``{"codes": int64 [window, h, w], "actions": int64 [window(, A)], ...}``. A plain
-    map-style Dataset: use it with ``DistributedSampler`` (or any sampler) and a DataLoader.
-    """
-
-    def __init__(self, cache: TokenCache, window: int, stride: int | None = None) -> None:
-        self.cache, self.window = cache, window
-        stride = stride or window
-        lengths = cache.clip_lengths()
-        per_clip = np.maximum((lengths - window) // stride + 1, 0)
-        if per_clip.sum() == 0:
-            raise ValueError(f"no window of {window} frames fits in the clips of {cache.dir}")
-        clips = np.repeat(np.arange(len(lengths)), per_clip)
-        first = np.repeat(np.cumsum(per_clip) - per_clip, per_clip)
-        starts = (np.arange(len(clips)) - first) * stride
-        self.items = np.stack([clips, starts], axis=1).astype(np.int64)  # [num_windows, (clip, start)]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        clip, start = (int(v) for v in self.items[i])
-        data = self.cache.clip(clip, start, self.window)
-        out = {"codes": torch.from_numpy(np.array(data["codes"], dtype=np.int64))}
-        for name in ("actions", "positions"):
-            if name in data:
-                out[name] = torch.from_numpy(np.array(data[name], dtype=np.int64))
-        for name in ("rewards", "dones"):  # float32 / bool, as cached
-            if name in data:
-                out[name] = torch.from_numpy(np.array(data[name]))
-        return out

@@ -1,7 +1,11 @@
-"""Small builders shared by the training-side tests: a MultiGrid shard set and a tokenizer checkpoint."""
+"""Small builders shared by the tests, sized from configs/demo.yaml (MultiGrid at the CPU size of
+configs/brief.yaml: 64x64 frames, 8x8 tokens): a shard set, a tokenizer checkpoint, training configs, and
+the process helpers of the kill tests."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
@@ -10,14 +14,17 @@ from pathlib import Path
 
 import torch
 
-from ingest.config import RunOptions, build_config
-from ingest.pipeline import run_ingest
 from model.tokenizer import Tokenizer, TokenizerConfig
 from shards.config import to_dict
 from train.common import Checkpoints
+from train.config import load_config
 
-TINY_TOKENIZER = TokenizerConfig(channels=(8, 8, 8), num_res_blocks=1)
-# A FLAM small enough to train a few steps on CPU in seconds (overrides of configs/demo.yaml).
+REPO = Path(__file__).resolve().parents[1]
+DEMO = load_config(REPO / "configs/demo.yaml")
+# The demo's tokenizer, narrower: a random one encodes a 16-frame clip in milliseconds.
+TINY_TOKENIZER = dataclasses.replace(DEMO.tokenizer, channels=(8, 8, 8))
+# A FLAM small enough to train a few steps on CPU in seconds (overrides of configs/demo.yaml). Latents
+# are sampled from step 0 (no warm-up), so every run exercises the noise of the global batch.
 TINY_LAM = [
     "lam.dim=32",
     "lam.num_heads=2",
@@ -33,28 +40,39 @@ TINY_LAM = [
     "lam_train.val_clips=2",
     "lam_train.rollout_steps=3",
     "lam_train.warmup_steps=2",
-    "lam_train.lr=1e-3",
+    "lam_train.latent_warmup_steps=0",
 ]
 
 
+def multigrid_ingest(episodes: int = 20, episode_len: int = 16, clip_len: int = 8) -> dict:
+    """Ingest overrides: ``episodes`` MultiGrid episodes as the demo renders them (``ingest.source`` of
+    configs/demo.yaml), ``episode_len`` frames each in clips of ``clip_len``, 10 episodes per shard."""
+    source = {**DEMO.ingest["source"], "episode_len": episode_len}
+    return {"episodes": episodes, "clip_len": clip_len, "episodes_per_shard": 10, "source": source}
+
+
 def ingest_multigrid(out: Path, episodes: int = 20, episode_len: int = 16, clip_len: int = 8) -> Path:
-    cfg = build_config(
-        "multigrid",
-        {
-            "episodes": episodes,
-            "clip_len": clip_len,
-            "episodes_per_shard": 10,
-            "source": {"episode_len": episode_len},
-        },
-    )
+    """``multigrid_ingest`` rendered into ``out/multigrid/`` (in process, no Ray)."""
+    # Imported here: the simulator is only needed by the tests that ingest (bench/gpu.py imports this
+    # module on machines without it).
+    from ingest.config import RunOptions, build_config
+    from ingest.pipeline import run_ingest
+
+    cfg = build_config("multigrid", multigrid_ingest(episodes, episode_len, clip_len))
     run_ingest(cfg, RunOptions(out=str(out), executor="local", progress=False))
     return out / "multigrid"
 
 
-def save_tokenizer(run_dir: Path, cfg: TokenizerConfig = TINY_TOKENIZER, seed: int = 0) -> Path:
-    """A randomly initialised tokenizer checkpoint, in the format train/tokenizer.py writes."""
+def save_tokenizer(
+    run_dir: Path, cfg: TokenizerConfig = TINY_TOKENIZER, seed: int = 0, encoder_gain: float = 1.0
+) -> Path:
+    """A randomly initialised tokenizer checkpoint, in the format train/tokenizer.py writes.
+    ``encoder_gain`` scales the encoder's last layer: at init its outputs sit near 0 and most frames get
+    the same codes; a gain of 10 spreads them so that distinct agent poses get distinct codes."""
     torch.manual_seed(seed)
     model = Tokenizer(cfg)
+    with torch.no_grad():
+        model.encoder.net[-1].weight.mul_(encoder_gain)
     ckpts = Checkpoints(run_dir)
     ckpts.save(
         {
@@ -76,18 +94,61 @@ def shard_members(path: Path) -> dict[str, bytes]:
         return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
 
 
-def kill_run(proc: subprocess.Popen, marker: str) -> None:
-    """SIGKILL a torchrun launch and every worker it started: its process group, plus any process whose
-    command line names ``marker`` (torchrun's workers may sit in sessions of their own, and an orphaned
-    rank 0 would go on writing checkpoints)."""
-    os.killpg(proc.pid, signal.SIGKILL)
+def _children() -> dict[int, list[int]]:
+    """Parent pid -> child pids of every process, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # the name may hold spaces: after ")"
+        except (OSError, IndexError, ValueError):  # the process ended while we read
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    return children
+
+
+def process_tree(pid: int) -> set[int]:
+    """``pid`` and every process below it."""
+    children, tree, todo = _children(), {pid}, [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in tree:
+                tree.add(child)
+                todo.append(child)
+    return tree
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # zombie: dead
+    except (OSError, IndexError):
+        return False
+
+
+def _signal(pids: set[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):  # already gone
+            os.kill(pid, sig)
+
+
+def kill_run(proc: subprocess.Popen) -> None:
+    """SIGKILL a launched job and every process it started, by their ids: torchrun's workers sit in
+    sessions of their own, and an orphaned rank 0 would go on writing checkpoints. The tree is stopped
+    first (SIGSTOP), so nothing forks or is orphaned while it is collected; then every pid is killed."""
+    tree: set[int] = set()
+    while True:  # stop what we know, look again: done when stopping found nothing new
+        found = process_tree(proc.pid) if _alive(proc.pid) else {proc.pid}
+        new = (found | tree) - tree
+        if not new:
+            break
+        _signal(new, signal.SIGSTOP)
+        tree |= new
+    _signal(tree, signal.SIGKILL)
     proc.wait()
     deadline = time.time() + 30
-    while subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0:
-        subprocess.run(["pkill", "-KILL", "-f", marker], capture_output=True)
+    while any(_alive(pid) for pid in tree - {proc.pid}):
         if time.time() > deadline:
-            raise RuntimeError(f"processes running {marker} survived SIGKILL")
-        time.sleep(0.1)
+            raise RuntimeError(f"processes {sorted(p for p in tree if _alive(p))} survived SIGKILL")
+        time.sleep(0.05)
 
 
 def moving_objects(
@@ -137,13 +198,24 @@ def random_walkers(
     return features, actions, positions
 
 
-def precompute_config(root: Path, *overrides: str):
-    """configs/demo.yaml for precompute on ``root``: one process, no workers, a small Recon report."""
-    from train.config import load_config
-
-    base = [f"data.root={root}", "data.num_workers=0", "precompute.batch_clips=8"]
+def precompute_config(root: Path, tokenizer: Path, *overrides: str):
+    """configs/demo.yaml for precompute on ``root`` with ``tokenizer``: one process, no workers, a small
+    Recon report."""
+    base = [
+        f"data.root={root}",
+        f"data.tokenizer={tokenizer}",
+        "data.num_workers=0",
+        "precompute.batch_clips=8",
+    ]
     base.append("precompute.report_clips=4")
-    return load_config(Path(__file__).resolve().parents[1] / "configs/demo.yaml", [*base, *overrides])
+    return load_config(REPO / "configs/demo.yaml", [*base, *overrides])
+
+
+def lam_config(root: Path, tokenizer: Path, run_dir: Path, *overrides: str):
+    """configs/demo.yaml at ``TINY_LAM`` size, training on ``root``'s token cache of ``tokenizer`` into
+    ``run_dir``."""
+    base = [*TINY_LAM, f"data.root={root}", f"data.tokenizer={tokenizer}", f"lam_train.run_dir={run_dir}"]
+    return load_config(REPO / "configs/demo.yaml", [*base, *overrides])
 
 
 def copy_dataset(root: Path, dest: Path) -> Path:
@@ -161,3 +233,31 @@ def tree_bytes(folder: Path, skip: tuple[str, ...] = (".lock",)) -> dict[str, by
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name not in skip
     }
+
+
+# Worlds for the controller and planning tests: the demo's (= brief) MultiGrid look and sizes, and a tiny
+# random IMPALA tokenizer with its encoder's last layer scaled so that distinct agent poses get distinct
+# codes (the planners' costs compare codes; a random patch tokenizer gives most cells the same code).
+SMALL_TOKENIZER = TokenizerConfig(image_size=64, channels=(8, 8, 8), num_res_blocks=1)
+SMALL_LAM = ["lam.vq_codes=16", "lam.slot_pretrain_steps=1"]
+
+
+def small_world(root: Path, models: tuple[str, ...], steps: int = 2) -> tuple[Path, dict[str, Path]]:
+    """A 64x64 MultiGrid set (24 episodes of 16 frames), a random tokenizer for it, the token cache of
+    every split and ``steps``-step runs of ``models`` -> (tokenizer checkpoint, {model: run folder})."""
+    from ingest.config import RunOptions, build_config
+    from ingest.pipeline import run_ingest
+    from train import lam as train_lam
+    from train import precompute
+
+    cfg = build_config("multigrid", {**multigrid_ingest(24, 16, 8), "episodes_per_shard": 12})
+    run_ingest(cfg, RunOptions(out=str(root), executor="local", progress=False))
+    ckpt = save_tokenizer(root / "tok", SMALL_TOKENIZER, encoder_gain=10.0)
+    precompute.main(precompute_config(root, ckpt))
+    runs = {}
+    for model in models:
+        run = root / "runs" / model
+        args = [f"model={model}", f"lam_train.steps={steps}", f"lam_train.ckpt_every={steps}", *SMALL_LAM]
+        train_lam.main(lam_config(root, ckpt, run, *args))
+        runs[model] = run
+    return ckpt, runs

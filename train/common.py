@@ -67,18 +67,25 @@ def init_distributed() -> DistInfo:
 
 def cleanup_distributed() -> None:
     if dist.is_initialized():
-        dist.barrier()
+        barrier()
         dist.destroy_process_group()
 
 
 def barrier() -> None:
-    if dist.is_initialized():
+    """All ranks meet (no-op in one process). NCCL is told this rank's GPU: without device_ids it guesses
+    one, warns, and can hang when it guesses a GPU another rank uses."""
+    if not dist.is_initialized():
+        return
+    if dist.get_backend() == "nccl":
+        dist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
         dist.barrier()
 
 
 def wrap_for_training(model: torch.nn.Module, dist_info: DistInfo, compile: bool) -> torch.nn.Module:
-    """DDP under torchrun (device_ids on GPU only), then torch.compile on GPU when asked. Save and
-    evaluate the unwrapped model."""
+    """DDP under torchrun (device_ids on GPU only), then ``torch.compile`` when asked: inductor on GPU
+    (Triton kernels) and on CPU (C++ kernels) alike, DDP on NCCL or gloo. Save and evaluate the unwrapped
+    model; models that decide something per step get it through ``begin_step`` on the unwrapped model."""
     wrapped = model
     if dist_info.distributed:
         from torch.nn.parallel import DistributedDataParallel
@@ -87,7 +94,7 @@ def wrap_for_training(model: torch.nn.Module, dist_info: DistInfo, compile: bool
         # Staged models (PlaySlot, SlotFormer) leave one stage's parameters without gradients.
         find_unused = getattr(model, "has_unused_parameters", False)
         wrapped = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
-    if compile and dist_info.device.type == "cuda":
+    if compile:
         wrapped = torch.compile(wrapped)
     return wrapped
 
@@ -124,9 +131,21 @@ def rng_state() -> dict[str, Any]:
         },
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # This rank's GPU only: get_rng_state_all would create a context on every visible GPU, and a run
+        # resumed on a node with fewer GPUs could not restore the others.
+        state["cuda_device"] = torch.cuda.get_rng_state()
     return state
+
+
+def cuda_rng_to_restore(state: dict[str, Any], device_index: int) -> torch.Tensor | None:
+    """The CUDA RNG state of ``rng_state()`` for GPU ``device_index``: ``cuda_device`` (this rank's GPU when
+    saved), else the entry of older checkpoints' per-GPU list ``cuda`` for that index; None when the
+    checkpoint was saved without a GPU or on a node with fewer GPUs (the CUDA generator keeps its seed)."""
+    if "cuda_device" in state:
+        return state["cuda_device"]
+    per_gpu = state.get("cuda") or []
+    return per_gpu[device_index] if device_index < len(per_gpu) else None
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -140,8 +159,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
         numpy_state = ("MT19937", key, *rest)
     np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if torch.cuda.is_available():  # a checkpoint from a GPU run resumes on a CPU too: then this is skipped
+        cuda = cuda_rng_to_restore(state, torch.cuda.current_device())
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda)
 
 
 def gather_rng_states(extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -422,7 +443,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def load_tokenizer(path: str | Path, device: torch.device):
     """Rebuild the frozen tokenizer from the config inside its checkpoint -> (Tokenizer, tokenizer id).
 
-    The id is a hash of the checkpoint file: it names the token cache made with these weights.
+    The id is a hash of the checkpoint file: it names the token cache made with these weights. Loading
+    draws no random numbers from the caller's generators (a trainer may load it before building its model).
     """
     from model.tokenizer import Tokenizer, TokenizerConfig
     from shards.config import from_dict
@@ -431,7 +453,10 @@ def load_tokenizer(path: str | Path, device: torch.device):
     state = load_checkpoint(path, map_location="cpu")
     if state.get("kind") != "tokenizer":
         raise ValueError(f"{path} is not a tokenizer checkpoint (kind {state.get('kind')!r})")
-    model = Tokenizer(from_dict(TokenizerConfig, state["tokenizer_config"]))
+    with torch.random.fork_rng(
+        devices=[]
+    ):  # its random init is overwritten: leave the caller's RNG as it was
+        model = Tokenizer(from_dict(TokenizerConfig, state["tokenizer_config"]))
     model.load_state_dict(state["model"])
     return model.to(device).eval().requires_grad_(False), file_id(path)
 
@@ -444,16 +469,17 @@ def load_world_model(path: str | Path, device: torch.device):
     config re-declared on the command line: an override that changes no weight shape (``lam.coupling``,
     ``lam.slot_iters``) would otherwise silently score a different model than the one trained.
     """
-    from model.flam import LAMConfig
+    from model.config import LAMConfig
     from model.zoo import build_model
     from shards.config import from_dict
+    from train.config import upgrade_config_dict
 
     state = load_checkpoint(path, map_location="cpu")
     if state.get("kind") != "lam":
         raise ValueError(
             f"{path} is not a world-model checkpoint of train/lam.py (kind {state.get('kind')!r})"
         )
-    config = state["config"]
+    config = upgrade_config_dict(state["config"])
     model = build_model(config["model"], from_dict(LAMConfig, config["lam"]))
     model.load_state_dict(state["model"])
     return model.to(device).eval(), config, int(state["step"])

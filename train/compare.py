@@ -1,8 +1,8 @@
 """Train every model of the paper's Tables 1 and 6 on one dataset and write the comparison (``make compare``).
 
-    python train/compare.py --config configs/multigrid.yaml --brief       # CPU: configs/brief.yaml sizes
-    python train/compare.py --config configs/bigfish.yaml --nproc 8       # the full preset on 8 GPUs
-    python train/compare.py --config configs/multigrid.yaml --models flam genie flam_global
+    python -m train.compare --config configs/multigrid.yaml --brief       # CPU: configs/brief.yaml sizes
+    python -m train.compare --config configs/bigfish.yaml --nproc 8       # the full preset on 8 GPUs
+    python -m train.compare --config configs/multigrid.yaml --models flam genie flam_global
 
 Stages, each resumed or skipped when already done (same folders, same config): ingest the dataset
 (simulators; nuPlan must be ingested first, see docs/nuplan.md), train its tokenizer, precompute the token
@@ -22,20 +22,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 from tqdm import tqdm
 
 from model.zoo import TABLE1_ORDER
 from shards.config import merge, parse_overrides, split_overrides, to_dict
+from shards.tokens import TokenCache, cache_dir, file_id
 from train import evaluate, precompute, tokenizer
-from train.config import Config, brief_config, load_config, save_config
+from train.config import Config, brief_config, check_stages, load_config, save_config
 
 # Table 1's models, then the factorizer ablation of Table 6 (its DCI is Table 7's second column).
 COMPARED = (*TABLE1_ORDER, "flam_no_temporal")
-REPO = Path(__file__).resolve().parents[1]
 
 
 def with_runs(cfg: Config, root: Path, model: str = "flam") -> Config:
@@ -44,13 +41,14 @@ def with_runs(cfg: Config, root: Path, model: str = "flam") -> Config:
     data["model"] = model
     data["tokenizer_train"]["run_dir"] = str(root / "tok")
     data["lam_train"]["run_dir"] = str(root / model)
-    data["lam_train"]["tokenizer"] = ""
+    data["data"]["tokenizer"] = ""
     data["eval"]["out"] = str(root / "eval")
     return load_config(None, data)
 
 
-def torchrun(script: str, config: Path, nproc: int, extra: list[str]) -> list[str]:
-    """The command that runs a training stage: torchrun on this node for several GPUs, else python."""
+def launch(module: str, config: Path, nproc: int, extra: list[str]) -> list[str]:
+    """The command that runs a training stage (``train.lam``, ...): torchrun on this node for several
+    GPUs, else python."""
     if nproc > 1:
         launcher = [
             sys.executable,
@@ -61,29 +59,29 @@ def torchrun(script: str, config: Path, nproc: int, extra: list[str]) -> list[st
         ]
     else:
         launcher = [sys.executable]
-    return [*launcher, str(REPO / script), "--config", str(config), *extra]
+    return [*launcher, "-m", module, "--config", str(config), *extra]
 
 
 def train_models(cfgs: list[Config], root: Path, nproc: int, jobs: int) -> None:
     """Train each model's run with ``train/lam.py`` in its own process, ``jobs`` at a time (each with
-    cores / jobs threads); logs in <root>/logs/<model>.log. A failed run stops everything, naming its log."""
+    cores / jobs threads); logs in <root>/logs/<run folder name>.log. A failed run stops everything,
+    naming its log."""
     logs = root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     threads = max(1, torch.get_num_threads() // jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
     def run(cfg: Config) -> str:
-        config = root / f"{cfg.model}-config.yaml"
+        name = cfg.lam_run_dir.name  # the model's name here; a study's own name for each of its runs
+        config = root / f"{name}-config.yaml"
         save_config(cfg, config)
-        log = logs / f"{cfg.model}.log"
+        log = logs / f"{name}.log"
         start = time.perf_counter()
         with open(log, "w") as out:
-            done = subprocess.run(
-                torchrun("train/lam.py", config, nproc, []), stdout=out, stderr=out, env=env
-            )
+            done = subprocess.run(launch("train.lam", config, nproc, []), stdout=out, stderr=out, env=env)
         if done.returncode:
-            raise RuntimeError(f"training {cfg.model} failed (exit {done.returncode}); see {log}")
-        return f"{cfg.model} {time.perf_counter() - start:.0f}s"
+            raise RuntimeError(f"training {name} failed (exit {done.returncode}); see {log}")
+        return f"{name} {time.perf_counter() - start:.0f}s"
 
     with ThreadPoolExecutor(max_workers=jobs) as pool, tqdm(total=len(cfgs), desc="models") as bar:
         for finished in pool.map(run, cfgs):
@@ -91,11 +89,8 @@ def train_models(cfgs: list[Config], root: Path, nproc: int, jobs: int) -> None:
             bar.update(1)
 
 
-def main(
-    config: str | Path, overrides: list[str], models: list[str], brief: bool, nproc: int = 1, jobs: int = 1
-) -> Path:
-    """Preset <- (brief) <- command-line overrides; then every stage (see the module docstring)."""
-    start = time.perf_counter()
+def preset(config: str | Path, overrides: list[str], brief: bool) -> Config:
+    """A dataset preset, at CPU size with ``brief`` (configs/brief.yaml), then the command-line overrides."""
     cfg = load_config(config)
     if brief:
         cfg = brief_config(cfg)
@@ -103,9 +98,16 @@ def main(
         # busy (measured: the brief tokenizer ran 1.2 steps/s with 2 threads on a loaded 2-core machine,
         # 8 steps/s with 1); the models train `jobs` at a time instead.
         torch.set_num_threads(1)
-    cfg = load_config(None, merge(to_dict(cfg), parse_overrides(overrides)))
-    root = Path("runs") / f"compare-{cfg.data.dataset}{'-brief' if brief else ''}"
-    cfg = with_runs(cfg, root)
+    return load_config(None, merge(to_dict(cfg), parse_overrides(overrides)))
+
+
+def compare_root(dataset: str, brief: bool) -> Path:
+    """The folder of a dataset's comparison: its tokenizer and the models every study reuses."""
+    return Path("runs") / f"compare-{dataset}{'-brief' if brief else ''}"
+
+
+def prepare(cfg: Config, root: Path, nproc: int) -> None:
+    """The data stages, each skipped or resumed when done: ingest (simulators), the tokenizer, the cache."""
     if cfg.ingest and not (cfg.dataset_dir / "manifest.json").exists():
         from train.demo import ingest
 
@@ -120,13 +122,26 @@ def main(
     if nproc > 1:
         path = root / "tokenizer-config.yaml"
         save_config(cfg, path)
-        subprocess.run(torchrun("train/tokenizer.py", path, nproc, []), check=True)
-        tokens = ["--tokenizer", str(cfg.tokenizer_checkpoint)]
-        subprocess.run(torchrun("train/precompute.py", path, nproc, tokens), check=True)
+        subprocess.run(launch("train.tokenizer", path, nproc, []), check=True)
+        subprocess.run(launch("train.precompute", path, nproc, []), check=True)
     else:
         tokenizer.main(cfg)
-        precompute.main(cfg, cfg.tokenizer_checkpoint)
-    has_actions = any(cfg.dataset_dir.glob("tokens/*/train/parts/*/actions.npy"))
+        precompute.main(cfg)
+
+
+def main(
+    config: str | Path, overrides: list[str], models: list[str], brief: bool, nproc: int = 1, jobs: int = 1
+) -> Path:
+    """Preset <- (brief) <- command-line overrides; then every stage (see the module docstring)."""
+    start = time.perf_counter()
+    cfg = preset(config, overrides, brief)
+    root = compare_root(cfg.data.dataset, brief)
+    cfg = with_runs(cfg, root)
+    for model in models:  # refuse a run that never leaves its first stage before hours of training
+        check_stages(with_runs(cfg, root, model))
+    prepare(cfg, root, nproc)
+    train_cache = cache_dir(cfg.data.root, cfg.data.dataset, file_id(cfg.tokenizer_checkpoint), "train")
+    has_actions = TokenCache(train_cache).has("actions")
     runs = []
     for model in models:
         if model == "world_model" and not has_actions:

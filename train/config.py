@@ -9,14 +9,14 @@ components are rebuilt from the config stored in their own checkpoint, never fro
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from model.action_decoder import ActionDecoderConfig
-from model.flam import LAMConfig
+from model.config import LAMConfig
 from model.policy import PolicyNetConfig
 from model.tokenizer import TokenizerConfig
 from shards.config import ConfigError, from_dict, load_yaml, merge, parse_overrides, to_dict
@@ -48,6 +48,9 @@ def check_optimiser(section: str, cfg: Any) -> None:
 class DataConfig:
     dataset: str = "multigrid"
     root: str = "data"  # the ingest OUT: shards in <root>/<dataset>/, tokens in <root>/<dataset>/tokens/
+    # The frozen tokenizer checkpoint whose token cache precompute writes and training and evaluation read
+    # (its decoder renders the rollouts); "" -> <tokenizer_train.run_dir>/ckpt/latest.
+    tokenizer: str = ""
     shuffle_buffer: int = 256  # clips held for shuffling by the streaming loader
     num_workers: int = 2  # DataLoader workers per rank (decode runs there)
     # Check each shard's sha256 against the manifest before reading it (precompute, evaluation, the
@@ -108,9 +111,6 @@ class PrecomputeConfig:
 @dataclass(frozen=True)
 class LAMTrainConfig:
     run_dir: str = ""  # "" -> runs/<model>-<dataset>
-    tokenizer: str = (
-        ""  # tokenizer checkpoint whose token cache to train on; "" -> runs/tok-<dataset>/ckpt/latest
-    )
     steps: int = 100000
     batch_size: int = 32  # global, in windows; each rank takes batch_size / world_size
     window: int = 16  # frames per training window (T); must equal lam.max_frames (see Config)
@@ -119,13 +119,13 @@ class LAMTrainConfig:
     weight_decay: float = 0.01
     betas: tuple[float, ...] = (0.9, 0.99)
     warmup_steps: int = 1000
-    # Gaussian latents (FLAM, AdaWorld, PlaySlot): for this many steps z is the posterior mean with no KL
-    # term, then for as many steps the noise is on and beta ramps up linearly from 0. 0 = the paper's
-    # schedule (sampling and full beta from step 0); see train/lam.py:latent_warmup for why it exists.
+    # Latent families kl and sparse (lam.latent): for this many steps z is the posterior mean with no KL
+    # (no sparse) term, then for as many steps the noise is on and the term ramps up linearly from 0. 0 = the
+    # paper's schedule (sampling and full weight from step 0); see train/lam.py:latent_warmup for why.
     latent_warmup_steps: int = 0
     grad_clip: float = 1.0
     bf16: bool = True  # autocast on GPU only
-    compile: bool = False  # torch.compile on GPU
+    compile: bool = False  # torch.compile (inductor), on GPU and CPU alike
     seed: int = 0
     log_every: int = 50
     val_every: int = 1000  # rollout PSNR through the frozen decoder + a rollout video
@@ -164,6 +164,10 @@ class EvalConfig:
     control: bool = True  # controllable generation grid (paper Fig. 6) for models with per-slot actions
     control_vector: tuple[float, ...] = ()  # the controlled slot's latent action; () -> prior samples
     latent_plot: bool = True  # latent actions in 2D coloured by ground-truth action (paper Fig. 5)
+    # Leakage and transfer tests of latent actions on the split's cached tokens (train/eval/transfer.py)
+    transfer: bool = True
+    transfer_windows: int = 64  # windows of transfer_frames frames (0 = all)
+    transfer_frames: int = 8
     seed: int = 0
     out: str = ""  # "" -> runs/eval-<dataset>[-<dataset>...]
     allow_partial: bool = False  # score although shards of the split are missing or damaged (recorded)
@@ -171,8 +175,95 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
             raise ConfigError(f"config key 'eval.split' must be one of {SPLITS}, got {self.split!r}")
-        at_least("eval", self, 0, "num_clips", "videos", "seed")
+        at_least("eval", self, 0, "num_clips", "videos", "seed", "transfer_windows")
+        at_least("eval", self, 2, "transfer_frames")
         at_least("eval", self, 1, "context_frames", "rollout_steps", "batch_clips")
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """``train/controller.py``: real actions -> a trained run's latent actions (paper 003)."""
+
+    kind: str = "mlp"  # "mlp" (the action alone) | "adapter" (also reads the state)
+    labels: int = 10000  # labelled transitions of the train split (a seeded choice of windows)
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    width: int = 128
+    depth: int = 2  # MLP hidden layers / adapter self-attention layers
+    num_heads: int = 4
+    seed: int = 0
+    val_windows: int = 32  # val-split windows for the latent error and the controller-vs-IDM rollouts
+    out: str = ""  # "" -> <run>/controller/<kind>-<labels>
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("mlp", "adapter"):
+            raise ConfigError(f"config key 'controller.kind' must be 'mlp' or 'adapter', got {self.kind!r}")
+        at_least("controller", self, 1, "labels", "steps", "batch_size", "width", "depth", "num_heads")
+        at_least("controller", self, 0, "seed", "val_windows", "weight_decay")
+        if not self.lr > 0:
+            raise ConfigError(f"config key 'controller.lr' must be > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """``train/sweep.py``: capacity sweeps per latent family (paper 003's grids; the values between the
+    ends are our log-spaced choice, the paper's are not legible in our copy)."""
+
+    kl: tuple[float, ...] = (5e-3, 1e-3, 1e-4, 1e-5, 1e-6)  # beta: capacity grows as it falls
+    sparse: tuple[float, ...] = (0.4, 0.2, 0.1, 0.05, 0.025, 0.01)  # lambda_l1: capacity grows as it falls
+    vq: tuple[int, ...] = (16, 64, 256, 1024, 4096, 32768)  # codebook size: capacity grows with it
+    windows: int = 256  # test windows of lam.max_frames frames for the one-step IDM error (0 = all)
+    out: str = ""  # "" -> runs/sweep-<dataset>-<model>[-brief]
+
+    def __post_init__(self) -> None:
+        if not (self.kl and self.sparse and self.vq) or min(self.kl) < 0 or min(self.sparse) < 0:
+            raise ConfigError("config keys 'sweep.kl', 'sweep.sparse', 'sweep.vq' need values >= 0")
+        if min(self.vq) < 1:
+            raise ConfigError(f"config key 'sweep.vq' lists codebook sizes >= 1, got {self.vq}")
+        at_least("sweep", self, 0, "windows")
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """``train/plan.py``: MultiGrid goal reaching with MPC through each world model (paper 003)."""
+
+    variants: tuple[str, ...] = ("still", "moving")  # A: the other agents stand still; B: they walk at random
+    moves: tuple[int, ...] = (4, 8)  # k: the goal is the controlled agent's pose after k random moves
+    episodes: int = 100  # per seed and setting
+    seeds: tuple[int, ...] = (0, 1, 2)
+    horizon: int = 0  # H; 0 -> k
+    max_steps: int = 0  # steps an episode may take; 0 -> 2k
+    context: int = 2  # real frames the world model is given
+    max_exhaustive: int = 256  # exhaustive search up to this many sequences, categorical CEM beyond
+    cem_samples: int = 128
+    cem_iters: int = 3
+    cem_elites: int = 16
+    labels: tuple[int, ...] = (1000, 10000)  # controllers: factored runs one per count, scene runs the most
+    controller: str = "adapter"  # controller.kind of those controllers
+    slot_cost: bool = True  # a per-slot cost row for factored models (with the most labels)
+    agent: int = 0  # the controlled agent
+    max_batch: int = 0  # candidates per forward pass (0: all at once)
+    videos: int = 1  # episodes per setting shown in the GIF
+    out: str = ""  # "" -> runs/plan-<dataset>[-brief]
+
+    def __post_init__(self) -> None:
+        if not self.variants or not set(self.variants) <= {"still", "moving"}:
+            raise ConfigError(
+                f"config key 'plan.variants' must list 'still' and/or 'moving', got {self.variants}"
+            )
+        if not self.moves or min(self.moves) < 1 or not self.seeds or not self.labels or min(self.labels) < 1:
+            raise ConfigError(
+                "config keys 'plan.moves', 'plan.seeds' and 'plan.labels' need values >= 1 (moves)"
+            )
+        if self.controller not in ("mlp", "adapter"):
+            raise ConfigError(
+                f"config key 'plan.controller' must be 'mlp' or 'adapter', got {self.controller!r}"
+            )
+        at_least("plan", self, 1, "episodes", "context", "max_exhaustive", "cem_samples", "cem_iters")
+        at_least("plan", self, 1, "cem_elites")
+        at_least("plan", self, 0, "horizon", "max_steps", "agent", "max_batch", "videos")
 
 
 @dataclass(frozen=True)
@@ -282,6 +373,9 @@ class Config:
     lam: LAMConfig = field(default_factory=LAMConfig)
     lam_train: LAMTrainConfig = field(default_factory=LAMTrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     expert: ExpertConfig = field(default_factory=ExpertConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     lawm: LAWMConfig = field(default_factory=LAWMConfig)
@@ -306,11 +400,9 @@ class Config:
 
     @property
     def tokenizer_checkpoint(self) -> Path:
-        """The frozen tokenizer the world model trains against (its cache, its decoder)."""
+        """The frozen tokenizer of the token cache (``data.tokenizer``, else the tokenizer run's latest)."""
         return (
-            Path(self.lam_train.tokenizer)
-            if self.lam_train.tokenizer
-            else self.tokenizer_run_dir / "ckpt" / "latest"
+            Path(self.data.tokenizer) if self.data.tokenizer else self.tokenizer_run_dir / "ckpt" / "latest"
         )
 
     @property
@@ -322,15 +414,68 @@ class Config:
         return Path(self.expert.run_dir or f"runs/expert-{self.data.dataset}")
 
 
+def with_token_shape(cfg: Config, num_tokens: int, feature_dim: int) -> Config:
+    """``cfg`` with the token cache's N (``num_tokens`` = h * w) and F (``feature_dim`` = len(levels)) in
+    ``lam``; a number the preset sets itself must equal the cache's (ValueError naming both)."""
+    for name, value in (("num_tokens", num_tokens), ("feature_dim", feature_dim)):
+        given = getattr(cfg.lam, name)
+        if given and given != value:
+            raise ValueError(
+                f"lam.{name}={given} does not match the token cache ({name} {value}: {num_tokens} tokens of "
+                f"{feature_dim} FSQ dims): leave lam.{name} out of the preset (it is read from the cache)"
+            )
+    return replace(cfg, lam=replace(cfg.lam, num_tokens=num_tokens, feature_dim=feature_dim))
+
+
+def check_stages(cfg: Config) -> None:
+    """Refuse a run that would never leave its first stage: a staged model (PlaySlot, SlotFormer) learns its
+    slots alone for ``lam.slot_pretrain_steps`` steps before its dynamics."""
+    from model.zoo import MODELS
+
+    steps, pretrain = cfg.lam_train.steps, cfg.lam.slot_pretrain_steps
+    if getattr(MODELS.get(cfg.model), "staged", False) and pretrain >= steps:
+        raise ConfigError(
+            f"model={cfg.model} learns its slots alone for lam.slot_pretrain_steps={pretrain} steps before "
+            f"its dynamics, but lam_train.steps={steps}: the run would never leave that first stage; lower "
+            f"lam.slot_pretrain_steps (e.g. lam.slot_pretrain_steps={steps // 2}) or raise lam_train.steps"
+        )
+
+
+def upgrade_config_dict(data: dict[str, Any]) -> dict[str, Any]:
+    """A config dict saved by an earlier version (a checkpoint's ``config``) in today's layout: the
+    tokenizer checkpoint was ``lam_train.tokenizer`` before it became ``data.tokenizer``."""
+    old = data.get("lam_train")
+    if not isinstance(old, dict) or "tokenizer" not in old:
+        return data
+    lam_train = {k: v for k, v in old.items() if k != "tokenizer"}
+    section = dict(data.get("data", {}))
+    section["tokenizer"] = section.get("tokenizer") or old["tokenizer"]
+    return {**data, "lam_train": lam_train, "data": section}
+
+
+# A preset's top-level key naming another preset that it overrides at CPU size: ``brief_of: multigrid``
+# means configs/multigrid.yaml with configs/brief.yaml over it (``brief_config``), then this preset's keys.
+BRIEF_OF = "brief_of"
+
+
 def load_config(path: str | Path | None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
-    """Defaults <- YAML preset at ``path`` <- overrides (``["a.b=1"]`` or a nested dict)."""
+    """Defaults <- YAML preset at ``path`` <- overrides (``["a.b=1"]`` or a nested dict). A preset with
+    ``brief_of: <name>`` starts from ``configs/<name>.yaml`` at CPU size instead of the defaults."""
     data: dict[str, Any] = to_dict(Config())
     if path is not None:
         path = Path(path)
         if not path.exists():
             presets = sorted(p.name for p in Path("configs").glob("*.yaml"))
             raise FileNotFoundError(f"config {path} not found; presets in configs/: {presets}")
-        data = merge(data, load_yaml(path))
+        preset = load_yaml(path)
+        base = preset.pop(BRIEF_OF, None)
+        if base is not None:
+            if not isinstance(base, str) or base == path.stem:
+                raise ConfigError(
+                    f"{path}: '{BRIEF_OF}' must name another preset of {path.parent}, got {base!r}"
+                )
+            data = to_dict(brief_config(load_config(path.parent / f"{base}.yaml")))
+        data = merge(data, preset)
     if overrides:
         data = merge(data, parse_overrides(overrides) if isinstance(overrides, list) else overrides)
     return from_dict(Config, data)

@@ -1,7 +1,7 @@
 """Train the RL expert on a Procgen game: Phasic Policy Gradient (PPO with ``expert.algo=ppo``).
 
-    python train/expert.py --config configs/bigfish.yaml                         # make expert DATASET=bigfish
-    python train/expert.py --config configs/starpilot.yaml expert.total_steps=200000 expert.algo=ppo
+    python -m train.expert --config configs/bigfish.yaml                         # make expert DATASET=bigfish
+    python -m train.expert --config configs/starpilot.yaml expert.total_steps=200000 expert.algo=ppo
 
 The game is ``data.dataset``. Procgen's own batched env (``expert.num_envs`` games stepped in C++, 64x64
 observations, easy mode, backgrounds off, every level unless ``expert.num_levels``) feeds an IMPALA CNN
@@ -20,13 +20,9 @@ from __future__ import annotations
 
 import argparse
 import collections
-import sys
 import time
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch

@@ -1,9 +1,9 @@
 """Train FLAM (or a baseline) on cached tokens.
 
-    torchrun --nproc_per_node=8 train/lam.py --config configs/multigrid.yaml
+    torchrun --nproc_per_node=8 -m train.lam --config configs/multigrid.yaml
     torchrun --nnodes=4 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HEAD:29500 \\
-        train/lam.py --config configs/nuplan.yaml
-    python train/lam.py --config configs/multigrid.yaml lam_train.steps=200 lam.num_slots=8   # 1 process
+        -m train.lam --config configs/nuplan.yaml
+    python -m train.lam --config configs/multigrid.yaml lam_train.steps=200 lam.num_slots=8   # 1 process
 
 Reads windows of cached FSQ codes (``shards/tokens.py``: memory-mapped, no video decode, no encoder),
 maps them to the exact FSQ vectors and trains the model picked from ``model.zoo.MODELS`` by ``model=``.
@@ -17,21 +17,19 @@ restart), tb/ (loss, KL per slot, slot usage, grad norm, lr, samples/s, val roll
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # torchrun and `python train/lam.py` run this file as a script
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.fsq import FSQ
+from model.base import TokenWorldModel
+from model.config import LAMConfig
+from model.tokenizer import Tokenizer
 from model.zoo import build_model
-from shards.config import to_dict
-from shards.tokens import TokenWindows, cache_dir, file_id, manifest_sha256, open_checked
+from shards.config import from_dict, to_dict
+from shards.tokens import TokenCache, cache_dir, file_id, has_index, manifest_sha256, open_checked
+from train.batches import GlobalBatches, TokenWindows, collate, to_model_batch
 from train.common import (
     Checkpoints,
     all_reduce_mean,
@@ -49,49 +47,10 @@ from train.common import (
     warmup_cosine,
     wrap_for_training,
 )
-from train.config import Config, load_config, save_config
-from train.rollouts import rollout_validation
-from train.visuals import TensorBoard
-
-
-class GlobalBatches:
-    """Deterministic global batches of window indices, independent of the number of ranks.
-
-    Epoch e is a permutation of all windows seeded by (seed, e), cut into global batches of B (the
-    tail shorter than B is dropped). Step s takes global batch s; rank r takes its contiguous slice
-    [r * B/W, (r+1) * B/W). The union over ranks is the same for any world size W, so a run resumes
-    on another number of ranks, and W ranks compute the same step as one process with batch B.
-    """
-
-    def __init__(self, num_items: int, global_batch: int, seed: int) -> None:
-        if num_items < global_batch:
-            raise ValueError(
-                f"the token cache holds {num_items} training windows, fewer than one global batch of "
-                f"{global_batch}: ingest more episodes or lower lam_train.batch_size"
-            )
-        self.num_items, self.global_batch, self.seed = num_items, global_batch, seed
-        self.steps_per_epoch = num_items // global_batch
-        self._epoch, self._perm = -1, np.zeros(0, np.int64)
-
-    def indices(self, step: int, rank: int, world_size: int) -> np.ndarray:
-        epoch, j = divmod(step, self.steps_per_epoch)
-        if epoch != self._epoch:
-            self._epoch, self._perm = (
-                epoch,
-                np.random.default_rng([self.seed, epoch]).permutation(self.num_items),
-            )
-        per_rank = self.global_batch // world_size
-        start = j * self.global_batch + rank * per_rank
-        return self._perm[start : start + per_rank]
-
-
-def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return {k: torch.stack([item[k] for item in items]) for k in items[0]}
-
-
-def to_features(codes: torch.Tensor, fsq: FSQ) -> torch.Tensor:
-    """int codes [B, T, h, w] -> exact FSQ vectors [B, T, N, F] (N = h * w tokens)."""
-    return fsq.indices_to_codes(codes).flatten(2, 3)
+from train.config import Config, check_stages, load_config, save_config, upgrade_config_dict, with_token_shape
+from train.eval.rollout import evenly_spaced
+from train.eval.scoring import Scorer, score_rollouts
+from train.visuals import TensorBoard, video_grid, write_gif
 
 
 def step_noise(cfg: Config, step: int, shape: tuple[int, ...], rank: int, world_size: int) -> torch.Tensor:
@@ -101,6 +60,46 @@ def step_noise(cfg: Config, step: int, shape: tuple[int, ...], rank: int, world_
     full = torch.randn((cfg.lam_train.batch_size, *shape[1:]), generator=g)
     per_rank = cfg.lam_train.batch_size // world_size
     return full[rank * per_rank : (rank + 1) * per_rank]
+
+
+def train_step(
+    train_model: torch.nn.Module,
+    model: TokenWorldModel,
+    batch: dict[str, torch.Tensor],
+    step: int,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    grad_clip: float,
+    bf16: bool,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One optimiser step of global step ``step`` -> (detached metrics, grad norm). ``train_model`` is
+    ``model`` as ``wrap_for_training`` returned it (DDP and/or compiled): ``begin_step`` goes to the plain
+    model, outside the compiled region; bf16 autocast around the forward only (the FSQ/VQ parts keep fp32)."""
+    model.begin_step(step)
+    device_type = batch["features"].device.type
+    with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=bf16):
+        loss, metrics = train_model(batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return metrics, grad_norm
+
+
+def latent_inputs(
+    cfg: Config, model: TokenWorldModel, features: torch.Tensor, step: int, rank: int, world_size: int
+) -> dict[str, torch.Tensor]:
+    """The step's latent inputs: ``noise`` (models with a sampled latent) and ``kl_weight``, with the same
+    keys, shapes and dtypes at every step (scaled by ``latent_warmup``), so a compiled model never
+    recompiles when the warm-up ends."""
+    noise_scale, kl_weight = latent_warmup(step, cfg.lam_train.latent_warmup_steps)
+    out = {"kl_weight": torch.tensor(kl_weight, dtype=torch.float32, device=features.device)}
+    noise_shape = model.noise_shape(features)
+    if noise_shape is not None:
+        noise = step_noise(cfg, step, noise_shape, rank, world_size)
+        out["noise"] = (noise_scale * noise).to(features.device)
+    return out
 
 
 def latent_warmup(step: int, warmup: int) -> tuple[float, float]:
@@ -119,24 +118,64 @@ def latent_warmup(step: int, warmup: int) -> tuple[float, float]:
     return 1.0, (step - warmup) / warmup
 
 
+@torch.no_grad()
+def validate(
+    model, tokenizer: Tokenizer, cfg: Config, tokenizer_id: str, device, video_dir: Path, step: int
+) -> dict[str, float]:
+    """Rollouts of ``lam_train.rollout_steps`` frames from one on ``val_clips`` val windows of the token
+    cache, scored like evaluation (``train/eval/scoring.py``) but against the decoded ground-truth codes:
+    the cache holds no pixels (the tokenizer's own error against real pixels is precompute's Recon report).
+    PSNR/SSIM, the copy-the-first-frame floor and PSNR per step, plus a ground truth | rollout GIF in
+    ``video_dir``; {} when there are no val windows."""
+    lt = cfg.lam_train
+    split_dir = cache_dir(cfg.data.root, cfg.data.dataset, tokenizer_id, "val")
+    if not has_index(split_dir):
+        return {}
+    try:
+        windows = TokenWindows(TokenCache(split_dir), lt.rollout_steps + 1, lt.rollout_steps + 1)
+    except ValueError:
+        return {}
+    items = [windows[i] for i in evenly_spaced(len(windows), lt.val_clips)]
+    batch = to_model_batch(collate(items), tokenizer, device)
+    was_training = model.training
+    model.eval()
+    scorer = Scorer(device)
+    rows = score_rollouts(
+        scorer, tokenizer, batch["features"], 1, {"model": model}, None, batch.get("actions")
+    )
+    model.train(was_training)
+    psnr, ssim = scorer.frame_scores("model")["psnr"], scorer.frame_scores("model")["ssim"]  # [B, n]
+    scores = {
+        "val/rollout_psnr": float(psnr.mean()),
+        "val/rollout_ssim": float(ssim.mean()),
+        "val/copy_first_psnr": float(scorer.frame_scores("Copy")["psnr"].mean()),
+    }
+    scores.update({f"val_psnr_by_step/{i + 1}": float(v) for i, v in enumerate(psnr.mean(0))})
+    write_gif(video_grid([rows["Recon"][:4], rows["model"][:4]]), video_dir / f"step-{step:07d}.gif")
+    return scores
+
+
 # lam_train keys a resume may change freely; every other lam_train (and data.dataset) change is refused
 # unless lam_train.allow_config_change=true. lam/model changes are always refused (another model).
 RESUME_FREE = {
     "lam_train": {
         *("steps", "log_every", "val_every", "val_clips", "rollout_steps", "ckpt_every", "keep_last"),
-        *("run_dir", "tokenizer", "compile", "allow_partial", "allow_config_change"),
+        *("run_dir", "compile", "allow_partial", "allow_config_change"),
     },
-    "data": {"root", "shuffle_buffer", "num_workers", "verify_shards"},
+    # data.tokenizer is a path: the tokenizer id itself is checked on resume (a new one is refused)
+    "data": {"root", "tokenizer", "shuffle_buffer", "num_workers", "verify_shards"},
 }
 
 
-def main(cfg: Config) -> Path:
-    """Train under the run folder's lock: one job per run folder."""
+def main(cfg: Config, stop_after: int | None = None) -> Path:
+    """Train under the run folder's lock: one job per run folder. ``stop_after``: end the job after the
+    checkpoint of that step, as an interruption would (bench/gpu.py resumes it in the same process)."""
     with run_lock(cfg.lam_run_dir, f"train/lam.py model={cfg.model}"):
-        return train(cfg)
+        return train(cfg, stop_after)
 
 
-def train(cfg: Config) -> Path:
+def train(cfg: Config, stop_after: int | None = None) -> Path:
+    check_stages(cfg)
     lt = cfg.lam_train
     dist_info = init_distributed()
     device, rank, world = dist_info.device, dist_info.rank, dist_info.world_size
@@ -159,13 +198,10 @@ def train(cfg: Config) -> Path:
     windows = TokenWindows(cache, lt.window, lt.window_stride)
     batches = GlobalBatches(len(windows), lt.batch_size, lt.seed)
     per_rank_batch(lt.batch_size, world)
-    fsq = FSQ(cache.info.levels).to(device)
+    # The frozen tokenizer: codes -> features for every batch, and the decoder of the validation rollouts.
+    tokenizer, _ = load_tokenizer(cfg.tokenizer_checkpoint, device)
     h, w = cache.info.grid
-    if (cfg.lam.num_tokens, cfg.lam.feature_dim) != (h * w, len(cache.info.levels)):
-        raise ValueError(
-            f"lam.num_tokens={cfg.lam.num_tokens} / lam.feature_dim={cfg.lam.feature_dim} do not match the "
-            f"token cache ({h}x{w} tokens of {len(cache.info.levels)} FSQ dims): fix the config preset"
-        )
+    cfg = with_token_shape(cfg, h * w, len(cache.info.levels))  # N and F as the cache holds them
 
     model = build_model(cfg.model, cfg.lam).to(device)
     if model.needs_actions and "actions" not in windows[0]:
@@ -185,12 +221,14 @@ def train(cfg: Config) -> Path:
     step = 0
     state = ckpts.load_latest()  # on the CPU: load_state_dict moves the weights, RNG must stay there
     if state is not None:
+        state["config"] = upgrade_config_dict(state["config"])
         if state["tokenizer_id"] != tokenizer_id:
             raise ValueError(
                 f"{ckpts.latest} was trained on tokens of tokenizer {state['tokenizer_id']}, this run uses "
                 f"{tokenizer_id}: start a new run_dir (lam_train.run_dir=...)"
             )
-        if state["config"]["lam"] != to_dict(cfg.lam) or state["config"]["model"] != cfg.model:
+        saved_lam = to_dict(from_dict(LAMConfig, state["config"]["lam"]))  # defaults for keys added since
+        if saved_lam != to_dict(cfg.lam) or state["config"]["model"] != cfg.model:
             raise ValueError(f"{ckpts.latest} holds a model with another config: use a new lam_train.run_dir")
         check_resume(state, cfg, RESUME_FREE, "lam_train", run_dir, dist_info.is_main)
         step = restore_train_state(state, model, optimizer, scheduler, rank)
@@ -199,7 +237,6 @@ def train(cfg: Config) -> Path:
 
     train_model = wrap_for_training(model, dist_info, lt.compile)
     use_bf16 = lt.bf16 and device.type == "cuda"
-    tokenizer = None  # the frozen decoder, loaded at the first validation
 
     tb = TensorBoard(run_dir / "tb", enabled=dist_info.is_main)
     bar = tqdm(
@@ -231,21 +268,11 @@ def train(cfg: Config) -> Path:
 
     while step < lt.steps:
         items = [windows[int(i)] for i in batches.indices(step, rank, world)]
-        batch = {k: v.to(device, non_blocking=True) for k, v in collate(items).items()}
-        batch["features"] = to_features(batch.pop("codes"), fsq)  # [b, T, N, F]
-        noise_shape = model.noise_shape(batch["features"])
-        noise_scale, kl_weight = latent_warmup(step, lt.latent_warmup_steps)
-        if noise_shape is not None:
-            batch["noise"] = (noise_scale * step_noise(cfg, step, noise_shape, rank, world)).to(device)
-        if kl_weight < 1.0:
-            batch["kl_weight"] = torch.tensor(kl_weight, device=device)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss, metrics = train_model(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), lt.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        batch = to_model_batch(collate(items), tokenizer, device, check_codes=False)  # features [b, T, N, F]
+        batch.update(latent_inputs(cfg, model, batch["features"], step, rank, world))
+        metrics, grad_norm = train_step(
+            train_model, model, batch, step, optimizer, scheduler, lt.grad_clip, use_bf16
+        )
         step += 1
         seen += lt.batch_size
         bar.update(1)
@@ -263,14 +290,12 @@ def train(cfg: Config) -> Path:
             bar.set_postfix(loss=f"{scalars['train/loss']:.4g}", kl=f"{scalars.get('train/kl', 0):.3g}")
             clock, seen = time.perf_counter(), 0
         if dist_info.is_main and (step % lt.val_every == 0 or step == lt.steps):
-            if tokenizer is None:
-                tokenizer, _ = load_tokenizer(cfg.tokenizer_checkpoint, device)
-            val = rollout_validation(
-                model, tokenizer, fsq, cfg, tokenizer_id, device, run_dir / "videos", step
-            )
+            val = validate(model, tokenizer, cfg, tokenizer_id, device, run_dir / "videos", step)
             tb.scalars(val, step)
-        if step % lt.ckpt_every == 0 or step == lt.steps:
+        if step % lt.ckpt_every == 0 or step in (lt.steps, stop_after):
             save()
+        if step == stop_after:
+            break
 
     bar.close()
     tb.close()

@@ -38,7 +38,6 @@ import numpy as np
 import torch
 
 from ingest.procgen import PROCGEN_GAMES
-from model.fsq import FSQ
 from model.iql import IQLAgent
 from shards.config import merge, parse_overrides, to_dict
 from shards.tokens import TokenCache, cache_dir, file_id, manifest_sha256
@@ -46,7 +45,6 @@ from train import compare, expert, precompute, tokenizer
 from train.common import load_tokenizer
 from train.config import Config, brief_config, load_config
 from train.iql import fit_iql
-from train.lam import to_features
 from train.lawm_config import LAWMConfig
 from train.lawm_data import Transitions, clip_episodes, inverse_accuracy, labelled_episodes, transitions
 from train.lawm_fit import NUM_ACTIONS, load_lawm, train_lawm
@@ -59,7 +57,6 @@ from train.policy_io import load_policy
 # The world model sees the agent's 64x64 view (lawm.resolution): a 3-stage tokenizer gives 8x8 tokens.
 FULL: dict[str, Any] = {
     "tokenizer": {"image_size": 64, "channels": [64, 128, 128]},
-    "lam": {"num_tokens": 64},
 }
 # CPU-sized: on top of configs/brief.yaml; the expert is make policy's brief expert.
 BRIEF: dict[str, Any] = {
@@ -68,7 +65,6 @@ BRIEF: dict[str, Any] = {
     # and a small IMPALA tokenizer collapsed to one code for every token in 600 steps (measured).
     "tokenizer": {"arch": "patch", "patch_size": 8, "image_size": 64, "channels": [128, 128]},
     "tokenizer_train": {"steps": 1500, "lr": 3.0e-3, "image_every": 500, "ckpt_every": 500},
-    "lam": {"num_tokens": 64},
     "lam_train": {"steps": 300, "ckpt_every": 300, "latent_warmup_steps": 50},
     "expert": POLICY_BRIEF["expert"],
     "lawm": {
@@ -160,12 +156,11 @@ def check_codes_move(cache: TokenCache) -> float:
 def latent_policy_act(lawm, agent: IQLAgent, tok, device: torch.device) -> Act:
     """The env's 64x64 view -> tokenizer codes -> the world model's state of that frame -> the policy's
     latent (mapped to the real action by the encoder inverse) or its real action; deterministic (mode)."""
-    fsq = FSQ(tok.cfg.levels).to(device)
 
     @torch.no_grad()
     def act(obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         codes = tok.encode(torch.from_numpy(obs).to(device)[:, None])  # [n, 1, h, w]
-        states = lawm.states(to_features(codes, fsq))[:, 0]  # [n, K, D]
+        states = lawm.states(tok.codes_to_features(codes).flatten(2, 3))[:, 0]  # [n, K, D]
         out = agent.act(states)
         actions = lawm.encoder.invert(states, out) if agent.space == "latent" else out
         return actions.cpu().numpy()
@@ -314,14 +309,15 @@ def main(config: str | Path, overrides: list[str], brief: bool) -> Path:
         rows: dict[str, Any] = {}
         for wm_index, wm in enumerate(lc.world_models):
             print(f"== {wm} LAWM, {flabel} labelled ({len(labelled)} episodes)", flush=True)
-            ckpt = train_lawm(data_cfg, wm, cache, labelled, root / "world_models" / f"{wm}-{flabel}", device)
+            run_dir = root / "world_models" / f"{wm}-{flabel}"
+            ckpt = train_lawm(data_cfg, wm, cache, labelled, run_dir, tok, device)
             lawm, state = load_lawm(ckpt, device)
             result["world_models"][f"{wm}/{fraction}"] = {
                 "checkpoint": str(ckpt),
                 "metrics": state["metrics"],
             }
-            data = transitions(lawm, cache, labelled, device)
-            inverse = inverse_accuracy(lawm, transitions(lawm, val, np.zeros(0, np.int64), device))
+            data = transitions(lawm, cache, labelled, tok, device)
+            inverse = inverse_accuracy(lawm, transitions(lawm, val, np.zeros(0, np.int64), tok, device))
             result["inverse"][f"{wm}/{fraction}"] = inverse
             for method in lc.methods:
                 if (

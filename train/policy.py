@@ -1,8 +1,8 @@
 """Policy learning from latent actions, end to end (``make policy``): the paper's section 5.3 and Table 4.
 
-    python train/policy.py --config configs/starpilot.yaml --brief        # CPU-sized, minutes
-    python train/policy.py --config configs/bigfish.yaml                  # full size (GPU): docs/results.md
-    python train/policy.py --config configs/bigfish.yaml policy.expert=runs/expert-bigfish/ckpt/latest
+    python -m train.policy --config configs/starpilot.yaml --brief        # CPU-sized, minutes
+    python -m train.policy --config configs/bigfish.yaml                  # full size (GPU): docs/results.md
+    python -m train.policy --config configs/bigfish.yaml policy.expert=runs/expert-bigfish/ckpt/latest
 
 Stages, each skipped or resumed when already done (same folders, same config):
 
@@ -28,18 +28,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 
 from ingest.procgen import PROCGEN_GAMES
+from model.tokenizer import Tokenizer
 from shards.config import merge, parse_overrides, to_dict
 from shards.manifest import load_manifest
 from shards.policy_data import (
@@ -53,8 +51,8 @@ from shards.policy_data import (
 from shards.tokens import TokenCache, cache_dir, file_id, manifest_sha256
 from train import compare, expert, lam, precompute, tokenizer
 from train.bc import bc_targets, train_bc
-from train.common import load_checkpoint
-from train.config import Config, load_config
+from train.common import load_checkpoint, load_tokenizer
+from train.config import Config, load_config, save_config
 from train.policy_eval import EnvSpec, film, network_policy, play, random_policy, summarise
 from train.policy_io import load_policy
 from train.pseudo_labels import (
@@ -72,7 +70,6 @@ BRIEF: dict[str, Any] = {
     # 64x64 demo frames (not 224): the tokenizer and the three world models then fit the time budget.
     "tokenizer": {"image_size": 64, "channels": [16, 32, 32], "num_res_blocks": 1},
     "tokenizer_train": {"steps": 600, "image_every": 300, "ckpt_every": 300},
-    "lam": {"num_tokens": 64},
     "lam_train": {"steps": 300, "val_every": 300, "ckpt_every": 300},
     "expert": {
         "total_steps": 16384,
@@ -153,19 +150,21 @@ def train_world_models(cfg: Config, root: Path, nproc: int) -> tuple[Config, dic
         load_config(None, merge(to_dict(cfg), {"data": {"dataset": demo_name(cfg)}})), root
     )
     if nproc > 1:
-        compare.launch("train/tokenizer.py", demo_cfg, nproc, [])
-        compare.launch(
-            "train/precompute.py", demo_cfg, nproc, ["--tokenizer", str(demo_cfg.tokenizer_checkpoint)]
-        )
+        path = root / "tokenizer-config.yaml"
+        save_config(demo_cfg, path)
+        subprocess.run(compare.launch("train.tokenizer", path, nproc, []), check=True)
+        subprocess.run(compare.launch("train.precompute", path, nproc, []), check=True)
     else:
         tokenizer.main(demo_cfg)
-        precompute.main(demo_cfg, demo_cfg.tokenizer_checkpoint)
+        precompute.main(demo_cfg)
     runs = {}
     for model in cfg.policy.world_models:
         print(f"== world model {model}", flush=True)
         run_cfg = compare.with_runs(demo_cfg, root, model)
         if nproc > 1:
-            compare.launch("train/lam.py", run_cfg, nproc, [])
+            path = root / f"{model}-config.yaml"
+            save_config(run_cfg, path)
+            subprocess.run(compare.launch("train.lam", path, nproc, []), check=True)
         else:
             lam.main(run_cfg)
         runs[model] = run_cfg.lam_run_dir / "ckpt" / "latest"
@@ -181,7 +180,13 @@ def open_cache(demo_cfg: Config, split: str) -> TokenCache:
 
 
 def pseudo_labels(
-    cfg: Config, root: Path, world_models: dict[str, Path], train: TokenCache, val: TokenCache, device
+    cfg: Config,
+    root: Path,
+    world_models: dict[str, Path],
+    tokenizer: Tokenizer,
+    train: TokenCache,
+    val: TokenCache,
+    device,
 ) -> dict[tuple[str, int], PseudoLabels]:
     """Every labeller's labels of the train frames per budget, made now or found (and checked) on disk."""
     pc, out = cfg.policy, {}
@@ -197,6 +202,7 @@ def pseudo_labels(
             print(f"== pseudo-labels {model}: budgets {list(todo)}", flush=True)
             for labels, info in label_with_world_model(
                 ckpt,
+                tokenizer,
                 train,
                 val,
                 todo,
@@ -296,7 +302,8 @@ def main(config: str | Path, overrides: list[str], brief: bool, nproc: int = 1) 
 
     # 4. pseudo-labels
     train, val = open_cache(demo_cfg, "train"), open_cache(demo_cfg, "val")
-    labels = pseudo_labels(cfg, root, world_models, train, val, device)
+    tok, _ = load_tokenizer(demo_cfg.tokenizer_checkpoint, device)  # the caches' codes -> features
+    labels = pseudo_labels(cfg, root, world_models, tok, train, val, device)
     stage("pseudo-labels")
 
     # 5-6. behaviour cloning and evaluation on unseen levels

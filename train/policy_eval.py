@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 
 from ingest.procgen import make_batched_env
-from train.eval_report import write_gif
 from train.policy_io import LoadedPolicy
+from train.visuals import write_gif
 
 Act = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 

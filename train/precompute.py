@@ -1,7 +1,8 @@
 """Stream every split's clip shards through the frozen tokenizer into the token cache on disk.
 
-    python train/precompute.py --config configs/multigrid.yaml --tokenizer runs/tok-multigrid/ckpt/latest
-    torchrun --nproc_per_node=8 train/precompute.py --config ... --tokenizer ...   # shards split over ranks
+    python -m train.precompute --config configs/multigrid.yaml     # the tokenizer of runs/tok-multigrid/
+    python -m train.precompute --config configs/multigrid.yaml data.tokenizer=runs/tok-a/ckpt/latest
+    torchrun --nproc_per_node=8 -m train.precompute --config ...   # shards split over ranks
 
 Output: ``<root>/<dataset>/tokens/<tokenizer-id>/<split>/`` (format in ``shards/tokens.py``) plus
 ``recon.json`` / ``recon.md`` next to the splits: the frozen tokenizer's reconstruction PSNR/SSIM on
@@ -26,22 +27,22 @@ import json
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.metrics import psnr, ssim, to_unit
 from model.tokenizer import Tokenizer, to_float
 from shards.files import exclusive, read_json
 from shards.integrity import REPAIR_HINT, check_shards, describe
 from shards.loader import ClipDataset, ClipLoader, ShardInfo, list_shards
 from shards.manifest import load_manifest
 from shards.tokens import (
+    RECON_JSON,
+    RECON_MD,
+    SOURCE_NAME,
     CacheInfo,
     cache_dir,
+    cache_root,
     clear_stale_temporaries,
     manifest_sha256,
     mark_incomplete,
@@ -52,6 +53,8 @@ from shards.tokens import (
 )
 from train.common import barrier, cleanup_distributed, init_distributed, load_tokenizer
 from train.config import Config, load_config
+from train.eval.rollout import decode_tokens, encode_windows
+from train.eval.scoring import Scorer
 
 
 class PartBuffer:
@@ -223,51 +226,56 @@ def encode_shards(
 
 
 @torch.no_grad()
-def recon_report(cfg: Config, tokenizer: Tokenizer, out_dir: Path, device: torch.device) -> dict:
-    """Reconstruction PSNR/SSIM of the frozen tokenizer on val and test clips: the Recon ceiling."""
+def recon_report(cfg: Config, tokenizer: Tokenizer, tokenizer_id: str, device: torch.device) -> dict:
+    """Reconstruction PSNR/SSIM of the frozen tokenizer on val and test clips, every frame: the Recon
+    ceiling, decoded and scored as evaluation scores its Recon row (``train/eval/scoring.py``)."""
     report = {}
     for split in ("val", "test"):
         try:
             shards = list_shards(cfg.dataset_dir, split)
         except ValueError:
             continue
-        split_dir = cache_dir(cfg.data.root, cfg.data.dataset, out_dir.name, split)
+        split_dir = cache_dir(cfg.data.root, cfg.data.dataset, tokenizer_id, split)
         # only shards whose part is complete: they were whole (and verified) when encoded
         shards = [s for s in shards if (read_part_record(split_dir, stem(s)) or {}).get("complete")]
         if not shards:
             continue
         dataset = ClipDataset(shards, rank=0, world_size=1)
         loader = ClipLoader(dataset, batch_size=cfg.precompute.batch_clips, num_workers=0)
-        scores_p, scores_s, n = [], [], 0
+        scorer, n = Scorer(device), 0
         for batch in loader:
-            frames = to_float(batch["frames"].to(device))
-            recon = tokenizer.decode(tokenizer.encode(frames))
-            scores_p.append(psnr(to_unit(recon), to_unit(frames)).flatten().cpu())
-            scores_s.append(ssim(to_unit(recon), to_unit(frames)).flatten().cpu())
-            n += len(frames)
+            features = encode_windows(tokenizer, batch["frames"], len(batch["frames"]), device)
+            scorer.add(
+                "Recon", decode_tokens(tokenizer, features.to(device)).cpu(), to_float(batch["frames"])
+            )
+            n += len(batch["frames"])
             if cfg.precompute.report_clips and n >= cfg.precompute.report_clips:
                 break
-        if scores_p:
-            p, s = torch.cat(scores_p), torch.cat(scores_s)
+        if n:
+            scores = scorer.frame_scores("Recon")
             report[split] = {
-                "psnr": round(float(p.clamp(max=100).mean()), 3),
-                "ssim": round(float(s.mean()), 4),
+                "psnr": round(float(scores["psnr"].mean()), 3),
+                "ssim": round(float(scores["ssim"].mean()), 4),
                 "clips": n,
-                "frames": int(p.numel()),
+                "frames": int(scores["psnr"].numel()),
             }
-    (out_dir / "recon.json").write_text(json.dumps(report, indent=1))
+    out_dir = cache_root(cfg.data.root, cfg.data.dataset, tokenizer_id)
+    (out_dir / RECON_JSON).write_text(json.dumps(report, indent=1))
     lines = ["| split | PSNR (dB) | SSIM | frames |", "|---|---|---|---|"]
     lines += [f"| {k} | {v['psnr']:.2f} | {v['ssim']:.4f} | {v['frames']} |" for k, v in report.items()]
-    (out_dir / "recon.md").write_text(
+    (out_dir / RECON_MD).write_text(
         "# Tokenizer reconstruction (Recon ceiling)\n\n" + "\n".join(lines) + "\n"
     )
     return report
 
 
-def main(cfg: Config, tokenizer_path: str | Path) -> Path:
+def main(cfg: Config) -> Path:
+    """Encode every split of ``cfg.precompute.splits`` with the tokenizer ``cfg.tokenizer_checkpoint``
+    (``data.tokenizer``); returns the cache root."""
     dist_info = init_distributed()
+    tokenizer_path = cfg.tokenizer_checkpoint
     tokenizer, tokenizer_id = load_tokenizer(tokenizer_path, dist_info.device)
-    root = cache_dir(cfg.data.root, cfg.data.dataset, tokenizer_id, "x").parent
+    root = cache_root(cfg.data.root, cfg.data.dataset, tokenizer_id)
     # One precompute per cache (rank 0 holds the lock for the job): a second one would delete the
     # first one's temporaries.
     with exclusive(root, "precompute") if dist_info.is_main else contextlib.nullcontext():
@@ -277,7 +285,7 @@ def main(cfg: Config, tokenizer_path: str | Path) -> Path:
                 cfg, tokenizer, tokenizer_id, split, dist_info.rank, dist_info.world_size, dist_info.device
             )
         if dist_info.is_main:
-            report = recon_report(cfg, tokenizer, root, dist_info.device)
+            report = recon_report(cfg, tokenizer, tokenizer_id, dist_info.device)
             print(f"token cache: {root}\nRecon: {json.dumps(report)}")
     cleanup_distributed()
     return root
@@ -290,7 +298,7 @@ def check_source(cfg: Config, root: Path, tokenizer_path: str | Path, is_main: b
         "manifest_sha256": manifest_sha256(cfg.dataset_dir),
         "tokenizer": str(Path(tokenizer_path).resolve()),
     }
-    source_path = root / "source.json"
+    source_path = root / SOURCE_NAME
     if source_path.exists():
         old = read_json(source_path, f"delete {root} and rerun precompute")
         if not isinstance(old, dict) or old.get("manifest_sha256") != source["manifest_sha256"]:
@@ -306,8 +314,10 @@ def check_source(cfg: Config, root: Path, tokenizer_path: str | Path, is_main: b
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="a preset in configs/, e.g. configs/multigrid.yaml")
-    p.add_argument("--tokenizer", help="tokenizer checkpoint (default: runs/tok-<dataset>/ckpt/latest)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. precompute.batch_clips=32")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="dotted overrides, e.g. data.tokenizer=runs/tok-multigrid/ckpt/latest precompute.batch_clips=32",
+    )
     args = p.parse_args()
-    cfg = load_config(args.config, args.overrides)
-    main(cfg, args.tokenizer or cfg.tokenizer_run_dir / "ckpt" / "latest")
+    main(load_config(args.config, args.overrides))

@@ -28,15 +28,12 @@ from tqdm import tqdm
 
 from model.action_decoder import ActionDecoder, ActionDecoderConfig
 from model.base import TokenWorldModel
-from model.flam import LAMConfig
-from model.fsq import FSQ
 from model.policy import PolicyNet, PolicyNetConfig
-from model.zoo import build_model
-from shards.config import from_dict, to_dict
+from model.tokenizer import Tokenizer
+from shards.config import to_dict
 from shards.policy_data import NO_LABEL, LabelInfo, cache_rows, frame_starts, label_info
 from shards.tokens import TokenCache, file_id
-from train.common import Checkpoints, load_checkpoint
-from train.lam import to_features
+from train.common import Checkpoints, load_world_model
 from train.supervised import FitConfig, accuracy, fit_classifier, predict
 
 
@@ -82,22 +79,16 @@ def next_frame_mask(cache: TokenCache) -> np.ndarray:
 # ----------------------------------------------------------------------------- world models
 
 
-def load_world_model(path: str | Path, device: torch.device) -> tuple[TokenWorldModel, dict[str, Any]]:
-    """A trained latent action model, rebuilt from the config inside its checkpoint (train/lam.py)."""
-    state = load_checkpoint(path, map_location="cpu")
-    if state.get("kind") != "lam":
-        raise ValueError(
-            f"{path} is not a world model checkpoint of train/lam.py (kind {state.get('kind')!r})"
-        )
-    name = state["config"]["model"]
-    model = build_model(name, from_dict(LAMConfig, state["config"]["lam"]))
-    model.load_state_dict(state["model"])
+def latent_action_model(path: str | Path, device: torch.device) -> tuple[TokenWorldModel, dict[str, Any]]:
+    """A trained latent action model, rebuilt from the config inside its checkpoint
+    (``train/common.py:load_world_model``), frozen -> (model, its config dict)."""
+    model, config, _ = load_world_model(path, device)
     if model.needs_actions or not getattr(model, "action_dim", 0):
         raise ValueError(
-            f"{path} holds a {name} model, which infers no latent actions: pseudo-labels need a latent "
-            "action model (flam, genie, adaworld, playslot)"
+            f"{path} holds a {config['model']} model, which infers no latent actions: pseudo-labels need a "
+            "latent action model (flam, genie, adaworld, playslot)"
         )
-    return model.to(device).eval().requires_grad_(False), state
+    return model.requires_grad_(False), config
 
 
 def window_starts(length: int, window: int) -> list[int]:
@@ -111,13 +102,18 @@ def window_starts(length: int, window: int) -> list[int]:
 
 @torch.no_grad()
 def infer_latents(
-    model: TokenWorldModel, cache: TokenCache, window: int, device: torch.device, batch: int = 32
+    model: TokenWorldModel,
+    tokenizer: Tokenizer,
+    cache: TokenCache,
+    window: int,
+    device: torch.device,
+    batch: int = 32,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Latent actions of every transition of the cache: (latents float32 [F, K, A], valid bool [F]).
 
     Windows of the world model's own training length (its temporal layers saw no longer context) slide
-    over each clip; a transition covered by two windows keeps the first window's latent."""
-    fsq = FSQ(cache.info.levels).to(device)
+    over each clip; a transition covered by two windows keeps the first window's latent. ``tokenizer``:
+    the one whose codes the cache holds (``Tokenizer.codes_to_features`` turns them into features)."""
     lengths, starts = cache.clip_lengths(), frame_starts(cache)
     jobs: dict[int, list[tuple[int, int, int]]] = {}  # window length -> [(clip, start, first row)]
     for clip, (n, row0) in enumerate(zip(lengths, starts, strict=True)):
@@ -135,7 +131,9 @@ def infer_latents(
             chunk = items[i : i + batch]
             codes = np.stack([np.asarray(cache.clip(c, s, w)["codes"], np.int64) for c, s, _ in chunk])
             z = (
-                model.infer_actions(to_features(torch.from_numpy(codes).to(device), fsq))
+                model.infer_actions(
+                    tokenizer.codes_to_features(torch.from_numpy(codes).to(device)).flatten(2, 3)
+                )
                 .float()
                 .cpu()
                 .numpy()
@@ -156,6 +154,7 @@ def infer_latents(
 
 def label_with_world_model(
     wm_path: str | Path,
+    tokenizer: Tokenizer,
     train: TokenCache,
     val: TokenCache,
     budgets: tuple[int, ...],
@@ -168,12 +167,13 @@ def label_with_world_model(
 ) -> list[tuple[np.ndarray, LabelInfo]]:
     """For each budget: an action decoder on the labelled subset's latents, its accuracy on val, and
     pseudo-labels int64 [F] of every train frame row. Latents are inferred once per split. ``tag`` ends
-    the labels' name (``settings_tag`` of the decoder settings: other settings, other labels)."""
-    model, state = load_world_model(wm_path, device)
-    window = int(state["config"]["lam_train"]["window"])
-    wm_id, name = file_id(wm_path), state["config"]["model"]
-    latents, valid = infer_latents(model, train, window, device)
-    val_latents, val_valid = infer_latents(model, val, window, device)
+    the labels' name (``settings_tag`` of the decoder settings: other settings, other labels).
+    ``tokenizer``: the one whose codes the caches hold (the world model's)."""
+    model, config = latent_action_model(wm_path, device)
+    window = int(config["lam_train"]["window"])
+    wm_id, name = file_id(wm_path), config["model"]
+    latents, valid = infer_latents(model, tokenizer, train, window, device)
+    val_latents, val_valid = infer_latents(model, tokenizer, val, window, device)
     actions, val_actions = cache_rows(train, "actions"), cache_rows(val, "actions")
     val_rows = np.flatnonzero(val_valid)
     out = []

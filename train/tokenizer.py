@@ -1,7 +1,7 @@
 """Train the per-dataset FSQ frame tokenizer on clip shards.
 
-    torchrun --nproc_per_node=N train/tokenizer.py --config configs/multigrid.yaml [key=value ...]
-    python train/tokenizer.py --config configs/demo.yaml tokenizer_train.steps=50      # one process, CPU ok
+    torchrun --nproc_per_node=N -m train.tokenizer --config configs/multigrid.yaml [key=value ...]
+    python -m train.tokenizer --config configs/demo.yaml tokenizer_train.steps=50      # one process, CPU ok
 
 Reads clips with the streaming loader (endless, shuffled, split over ranks and workers), draws
 ``frames_per_clip`` frames from every clip, and minimises the pixel reconstruction loss of the
@@ -14,12 +14,8 @@ over reconstructions). A killed run resumes from ``ckpt/latest`` at the same ste
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
-
-if __package__ in (None, ""):  # `python train/tokenizer.py` and torchrun run this file as a script
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 from tqdm import tqdm
@@ -90,7 +86,7 @@ RESUME_FREE = {
         *("steps", "log_every", "image_every", "ckpt_every", "keep_last", "val_batches", "run_dir"),
         *("compile", "allow_partial", "allow_config_change"),
     },
-    "data": {"root", "num_workers", "verify_shards"},
+    "data": {"root", "tokenizer", "num_workers", "verify_shards"},
 }
 
 
