@@ -38,7 +38,6 @@ import numpy as np
 import torch
 
 from ingest.procgen import PROCGEN_GAMES
-from model.fsq import FSQ
 from model.iql import IQLAgent
 from shards.config import merge, parse_overrides, to_dict
 from shards.tokens import TokenCache, cache_dir, file_id, manifest_sha256
@@ -120,7 +119,7 @@ def token_cache(cfg: Config, root: Path) -> tuple[Config, TokenCache]:
         load_config(None, merge(to_dict(cfg), {"data": {"dataset": data_name(cfg)}})), root
     )
     tokenizer.main(data_cfg)
-    precompute.main(data_cfg)
+    precompute.main(data_cfg, data_cfg.tokenizer_checkpoint)
     tok_id = file_id(data_cfg.tokenizer_checkpoint)
     cache = TokenCache(cache_dir(data_cfg.data.root, data_cfg.data.dataset, tok_id, "train"))
     cache.check(tok_id, manifest_sha256(data_cfg.dataset_dir))
@@ -157,12 +156,11 @@ def check_codes_move(cache: TokenCache) -> float:
 def latent_policy_act(lawm, agent: IQLAgent, tok, device: torch.device) -> Act:
     """The env's 64x64 view -> tokenizer codes -> the world model's state of that frame -> the policy's
     latent (mapped to the real action by the encoder inverse) or its real action; deterministic (mode)."""
-    fsq = FSQ(tok.cfg.levels).to(device)
 
     @torch.no_grad()
     def act(obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         codes = tok.encode(torch.from_numpy(obs).to(device)[:, None])  # [n, 1, h, w]
-        states = lawm.states(fsq.indices_to_codes(codes).flatten(2, 3))[:, 0]  # [n, K, D]
+        states = lawm.states(tok.codes_to_features(codes).flatten(2, 3))[:, 0]  # [n, K, D]
         out = agent.act(states)
         actions = lawm.encoder.invert(states, out) if agent.space == "latent" else out
         return actions.cpu().numpy()
@@ -311,14 +309,15 @@ def main(config: str | Path, overrides: list[str], brief: bool) -> Path:
         rows: dict[str, Any] = {}
         for wm_index, wm in enumerate(lc.world_models):
             print(f"== {wm} LAWM, {flabel} labelled ({len(labelled)} episodes)", flush=True)
-            ckpt = train_lawm(data_cfg, wm, cache, labelled, root / "world_models" / f"{wm}-{flabel}", device)
+            run_dir = root / "world_models" / f"{wm}-{flabel}"
+            ckpt = train_lawm(data_cfg, wm, cache, labelled, run_dir, tok, device)
             lawm, state = load_lawm(ckpt, device)
             result["world_models"][f"{wm}/{fraction}"] = {
                 "checkpoint": str(ckpt),
                 "metrics": state["metrics"],
             }
-            data = transitions(lawm, cache, labelled, device)
-            inverse = inverse_accuracy(lawm, transitions(lawm, val, np.zeros(0, np.int64), device))
+            data = transitions(lawm, cache, labelled, tok, device)
+            inverse = inverse_accuracy(lawm, transitions(lawm, val, np.zeros(0, np.int64), tok, device))
             result["inverse"][f"{wm}/{fraction}"] = inverse
             for method in lc.methods:
                 if (

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.fsq import FSQ
 from model.lawm import LatentActionWorldModel
+from model.tokenizer import Tokenizer
 from shards.tokens import TokenCache
 
 
@@ -88,26 +88,26 @@ def transitions(
     model: LatentActionWorldModel,
     cache: TokenCache,
     labelled: np.ndarray,
+    tokenizer: Tokenizer,
     device: torch.device,
     batch: int = 256,
 ) -> Transitions:
     """Every transition f -> f + 1 within an episode run of the cache; ``labelled`` are episode ids.
 
     States are the world model's state of each frame on its own (a window of one frame: what evaluation
-    can compute from the current observation), latents the IDM's posterior mean on the pair (f, f + 1)."""
+    can compute from the current observation), latents the IDM's posterior mean on the pair (f, f + 1).
+    ``tokenizer``: the one that made the cache (its codes -> the features the world model reads)."""
     rewards_all, dones_all = cache_array(cache, "rewards"), cache_array(cache, "dones")
     actions_all = cache_array(cache, "actions")
     codes_all = np.concatenate([np.asarray(cache.clip(i)["codes"]) for i in range(len(cache))])
-    fsq = FSQ(cache.info.levels).to(device)
     model.eval().to(device)
     labelled_set = set(int(e) for e in labelled)
     out: dict[str, list[np.ndarray]] = {k: [] for k in Transitions.__dataclass_fields__}
     for episode, rows in tqdm(episode_runs(cache), desc=f"transitions {cache.info.split}", leave=False):
         if len(rows) < 2:
             continue
-        feats = fsq.indices_to_codes(torch.from_numpy(codes_all[rows].astype(np.int64)).to(device)).flatten(
-            1, 2
-        )
+        codes = torch.from_numpy(codes_all[rows].astype(np.int64)).to(device)[None]
+        feats = tokenizer.codes_to_features(codes).flatten(2, 3)[0]  # [L, N, F]
         states = torch.cat(
             [model.states(feats[i : i + batch, None])[:, 0] for i in range(0, len(rows), batch)]
         )

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.fsq import FSQ
 from model.lawm import LatentActionWorldModel
+from model.tokenizer import Tokenizer
 from model.zoo import build_model
 from shards.config import from_dict, to_dict
 from shards.tokens import TokenCache
-from train.batches import TokenWindows, collate
+from train.batches import TokenWindows, collate, to_model_batch
 from train.common import (
     Checkpoints,
     load_checkpoint,
@@ -62,9 +62,16 @@ def identity(cfg: Config, model_name: str, cache: TokenCache, labelled: np.ndarr
 
 
 def train_lawm(
-    cfg: Config, model_name: str, cache: TokenCache, labelled: np.ndarray, run_dir: Path, device: torch.device
+    cfg: Config,
+    model_name: str,
+    cache: TokenCache,
+    labelled: np.ndarray,
+    run_dir: Path,
+    tokenizer: Tokenizer,
+    device: torch.device,
 ) -> Path:
-    """Train (or resume, or reuse when finished) one LAWM world model; returns its checkpoint."""
+    """Train (or resume, or reuse when finished) one LAWM world model on ``cache`` (made by ``tokenizer``);
+    returns its checkpoint."""
     h, w = cache.info.grid
     cfg = with_token_shape(cfg, h * w, len(cache.info.levels))  # N and F as the cache holds them
     lt, want = cfg.lam_train, identity(cfg, model_name, cache, labelled)
@@ -90,7 +97,6 @@ def train_lawm(
     windows = TokenWindows(cache, lt.window, lt.window_stride)
     episodes = clip_episodes(cache)[:, 0][windows.items[:, 0]]
     window_labelled = np.isin(episodes, labelled)  # labels are per episode: a window is all or nothing
-    fsq = FSQ(cache.info.levels).to(device)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "metrics.jsonl"
     bar = tqdm(total=lt.steps, initial=step, desc=f"lawm {model_name}", unit="step", mininterval=2.0)
@@ -98,18 +104,17 @@ def train_lawm(
     while step < lt.steps:
         rng = np.random.default_rng([lt.seed, step])
         idx = rng.integers(len(windows), size=lt.batch_size)
-        batch = collate([windows[int(i)] for i in idx])
-        labelled_t = torch.from_numpy(window_labelled[idx])[:, None].expand(-1, lt.window)
-        features = fsq.indices_to_codes(batch["codes"].to(device)).flatten(2, 3)
+        batch = to_model_batch(collate([windows[int(i)] for i in idx]), tokenizer, device, check_codes=False)
+        labelled_t = torch.from_numpy(window_labelled[idx])[:, None].expand(-1, lt.window).to(device)
         g = torch.Generator().manual_seed(lt.seed * 1_000_003 + step)
         sample, kl_weight = latent_warmup(step, lt.latent_warmup_steps)
         k = model.num_entities
         noise = torch.randn((len(idx), lt.window - 1, k, model.latent_dim), generator=g) * float(sample)
         inputs = {
-            "features": features,
+            "features": batch["features"],
             # actions of unlabelled episodes never leave this function
-            "actions": torch.where(labelled_t, batch["actions"], 0).to(device),
-            "labelled": labelled_t.to(device),
+            "actions": torch.where(labelled_t, batch["actions"], 0),
+            "labelled": labelled_t,
             "noise": noise.to(device),
             "encoder_draw": torch.rand((len(idx), lt.window - 1), generator=g).to(device),
             "kl_weight": torch.tensor(kl_weight, device=device),

@@ -11,8 +11,7 @@ import pytest
 
 from ingest import procgen as P
 from ingest.config import build_config
-
-from .test_demos import GAME, save_policy
+from tests.ingest.test_demos import GAME, save_policy
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
-"""LAWM-style latent action world model and offline RL in latent space, part by part on synthetic data:
-the alignment loss, the world model's use of labels, IQL's losses against hand-computed values and its
-choice of a known best action, the labelled fraction, and the offline-RL transitions of a token cache."""
+"""LAWM-style pipeline stages (paper 004) on small synthetic token caches: the labelled fraction, the
+offline-RL transitions (rewards bit for bit, refused without rewards), world-model training with resume,
+latent and real-action policies playing Procgen through a tokenizer, and the collapsed-tokenizer check."""
 
 from __future__ import annotations
 
@@ -8,135 +8,20 @@ import numpy as np
 import pytest
 import torch
 
-from model.action_encoder import ActionEncoder, ActionEncoderConfig, alignment_loss
+from model.action_encoder import ActionEncoderConfig
 from model.config import LAMConfig
-from model.iql import IQLAgent, IQLConfig, advantage_weights, expectile_loss, td_target
+from model.iql import IQLAgent
 from model.lawm import LatentActionWorldModel
+from model.tokenizer import Tokenizer, TokenizerConfig
 from model.zoo import build_model
 from shards.tokens import CacheInfo, TokenCache, write_index, write_part
 from train.iql import fit_iql
 from train.lawm_data import episode_runs, inverse_accuracy, labelled_episodes, transitions
 
 LAM = LAMConfig(dim=32, num_heads=4, depth=1, num_slots=4, num_tokens=4, feature_dim=5, max_frames=4)
-
-
-def test_alignment_pulls_encoded_actions_onto_idm_latents_of_a_synthetic_map(seeded_one_thread):
-    """IDM latents are a fixed function of (action, slot states): the acting entity (the slot whose state
-    carries a marker, in a random slot) moves by the action, the others drift with their own state. The
-    encoder trained on the alignment loss alone reproduces them; its inverse recovers the action."""
-    g = torch.Generator().manual_seed(0)
-    m, k, d, a = 5, 3, 8, 4
-    table, mix = torch.randn(m, a, generator=g), torch.randn(d, a, generator=g) * 0.3
-
-    def idm(actions, states):
-        z = states @ mix
-        acting = states[..., 0].argmax(-1)
-        z[torch.arange(len(z)), acting] += table[actions]
-        return z
-
-    def sample(n):
-        s = torch.randn(n, k, d, generator=g)
-        s[torch.arange(n), torch.randint(0, k, (n,), generator=g), 0] = 4.0  # the acting entity's marker
-        return s, torch.randint(0, m, (n,), generator=g)
-
-    enc = ActionEncoder(m, d, a, ActionEncoderConfig(dim=32, num_heads=4))
-    opt = torch.optim.Adam(enc.parameters(), lr=3e-3)
-    first = None
-    for _ in range(500):
-        s, act = sample(64)
-        loss = alignment_loss(enc(act, s), idm(act, s), torch.ones(64, dtype=torch.bool))
-        first = loss.item() if first is None else first
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    s, act = sample(256)
-    final = alignment_loss(enc(act, s), idm(act, s), torch.ones(256, dtype=torch.bool)).item()
-    assert final < 0.05 * first
-    assert (enc.invert(s, idm(act, s)) == act).float().mean() > 0.95
-
-
-def test_alignment_loss_ignores_unlabelled_steps_and_stops_the_idm_gradient():
-    enc, idm = torch.zeros(3, 2, 4, requires_grad=True), torch.ones(3, 2, 4, requires_grad=True)
-    labelled = torch.tensor([True, False, True])
-    loss = alignment_loss(enc, idm, labelled)
-    assert loss.item() == pytest.approx(1.0)
-    loss.backward()
-    assert idm.grad is None
-    assert enc.grad[1].abs().sum() == 0 and enc.grad[0].abs().sum() > 0
-    assert alignment_loss(enc, idm, torch.zeros(3, dtype=torch.bool)).item() == 0.0
-
-
-@pytest.mark.parametrize("name", ["flam", "adaworld"])
-def test_world_model_reads_actions_only_on_labelled_steps(name, seeded_one_thread):
-    torch.manual_seed(0)
-    model = LatentActionWorldModel(build_model(name, LAM), 15, ActionEncoderConfig(dim=16, num_heads=2))
-    b, t = 3, 4
-    k = LAM.num_slots if name == "flam" else 1
-    batch = {
-        "features": torch.rand(b, t, 4, 5) * 2 - 1,
-        "actions": torch.randint(0, 15, (b, t)),
-        "labelled": torch.tensor([[True] * t, [False] * t, [True] * t]),
-        "noise": torch.randn(b, t - 1, k, model.latent_dim),
-        "encoder_draw": torch.zeros(b, t - 1),  # every labelled step uses the encoder's latent
-    }
-    loss, metrics = model(batch)
-    assert metrics["encoder_share"].item() == pytest.approx(2 / 3)
-    unlabelled = {**batch, "actions": batch["actions"].clone()}
-    unlabelled["actions"][1] = (unlabelled["actions"][1] + 7) % 15
-    assert torch.equal(model(unlabelled)[0], loss)
-    labelled = {**batch, "actions": batch["actions"].clone()}
-    labelled["actions"][0] = (labelled["actions"][0] + 7) % 15
-    assert not torch.equal(model(labelled)[0], loss)
-    loss.backward()
-    assert model.encoder.out.weight.grad.abs().sum() > 0
-
-
-def test_lawm_refuses_a_model_without_a_continuous_latent():
-    with pytest.raises(ValueError, match="Gaussian IDM"):
-        LatentActionWorldModel(build_model("genie", LAM), 15)
-
-
-def test_iql_losses_against_hand_computed_values():
-    diff = torch.tensor([1.0, -2.0])
-    assert expectile_loss(diff, 0.7).item() == pytest.approx((0.7 * 1 + 0.3 * 4) / 2)
-    assert expectile_loss(diff, 0.5).item() == pytest.approx(0.5 * 2.5)
-    w = advantage_weights(torch.tensor([0.0, 1.0, 10.0]), 3.0, 100.0)
-    assert w.tolist() == pytest.approx([1.0, float(np.exp(3.0)), 100.0])
-    target = td_target(torch.tensor([1.0, 2.0]), torch.tensor([False, True]), torch.tensor([5.0, 5.0]), 0.9)
-    assert target.tolist() == pytest.approx([1.0 + 0.9 * 5.0, 2.0])
-
-
-def bandit(space: str, n: int = 512, seed: int = 0) -> dict[str, np.ndarray]:
-    """One-step episodes from two states (many visits each); four behaviour actions, uniformly; action 2
-    pays 1, the rest 0. Latent actions are four points in R^2 (one entity), the paying one at (1, -1)."""
-    rng = np.random.default_rng(seed)
-    acts = rng.integers(0, 4, n)
-    points = np.array([[-1, -1], [-1, 1], [1, -1], [1, 1]], np.float32)
-    states = np.eye(6, dtype=np.float32)[rng.integers(0, 2, n)][:, None]
-    return {
-        "states": states,
-        "next_states": np.zeros_like(states),
-        "actions": acts if space == "discrete" else points[acts][:, None],
-        "rewards": (acts == 2).astype(np.float32),
-        "dones": np.ones(n, bool),
-    }
-
-
-def test_iql_picks_the_known_best_action_where_behaviour_cloning_averages(seeded_one_thread):
-    cfg = IQLConfig(steps=300, batch_size=128, lr=3e-3, dim=16, num_heads=2, temperature=10.0)
-    data = bandit("discrete")
-    agent = IQLAgent("discrete", 6, 4, cfg)
-    fit_iql(agent, data, seed=0, device=torch.device("cpu"))
-    assert (agent.act(torch.from_numpy(data["states"][:64])) == 2).all()
-
-    data = bandit("latent")
-    iql, bc = IQLAgent("latent", 6, 2, cfg), IQLAgent("latent", 6, 2, cfg)
-    fit_iql(iql, data, seed=0, device=torch.device("cpu"))
-    fit_iql(bc, data, seed=0, device=torch.device("cpu"), bc=True)
-    s = torch.from_numpy(data["states"][:64])
-    best = torch.tensor([1.0, -1.0])
-    assert (iql.act(s)[:, 0] - best).norm(dim=-1).mean() < 0.5
-    assert bc.act(s)[:, 0].norm(dim=-1).mean() < 0.5  # BC: the mean of the four points, the origin
+# Tokenizers whose code grid matches the synthetic caches: 2x2 tokens (16 px, 3 stages), 8x8 (64 px).
+TOK_2X2 = Tokenizer(TokenizerConfig(image_size=16, channels=(4, 4, 4), num_res_blocks=1))
+TOK_8X8 = Tokenizer(TokenizerConfig(image_size=64, channels=(4, 4, 4), num_res_blocks=1))
 
 
 def test_labelled_fraction_selects_the_same_exact_share_of_episodes():
@@ -185,7 +70,7 @@ def test_transitions_join_consecutive_clips_and_carry_rewards(tmp_path, seeded_o
     ]
     torch.manual_seed(0)
     model = LatentActionWorldModel(build_model("flam", LAM), 15, ActionEncoderConfig(dim=16, num_heads=2))
-    data = transitions(model, cache, labelled=np.array([1]), device=torch.device("cpu"))
+    data = transitions(model, cache, np.array([1]), TOK_2X2, torch.device("cpu"))
     assert len(data.rewards) == 7 + 3 + 3
     rewards = np.concatenate([np.arange(4) + 10 * i for i in range(4)]).astype(np.float32)
     want = np.concatenate([rewards[[0, 1, 2, 3, 8, 9, 10]], rewards[[12, 13, 14]], rewards[[4, 5, 6]]])
@@ -200,7 +85,7 @@ def test_transitions_refuse_a_cache_without_rewards(tmp_path):
     cache = reward_cache(tmp_path / "c", with_rewards=False)
     model = LatentActionWorldModel(build_model("flam", LAM), 15)
     with pytest.raises(ValueError, match=r"holds no rewards.*re-ingest"):
-        transitions(model, cache, labelled=np.array([0]), device=torch.device("cpu"))
+        transitions(model, cache, np.array([0]), TOK_2X2, torch.device("cpu"))
 
 
 def tiny_reward_cache(folder, n_eps: int = 4, length: int = 8) -> TokenCache:
@@ -240,7 +125,7 @@ def test_a_resumed_world_model_run_equals_an_uninterrupted_one(tmp_path, seeded_
     cache = tiny_reward_cache(tmp_path / "cache")
     cfg = load_config(None, [*TINY_LAWM, "lam_train.keep_last=2"])
     cpu, labelled = torch.device("cpu"), np.array([0, 2])
-    done = train_lawm(cfg, "flam", cache, labelled, tmp_path / "a", cpu)
+    done = train_lawm(cfg, "flam", cache, labelled, tmp_path / "a", TOK_8X8, cpu)
     shutil.copytree(tmp_path / "a", tmp_path / "b", symlinks=True)
     steps = {p: load_checkpoint(p)["step"] for p in (tmp_path / "b" / "ckpt").glob("ckpt-*.pt")}
     assert sorted(steps.values()) == [3, 6]
@@ -250,7 +135,7 @@ def test_a_resumed_world_model_run_equals_an_uninterrupted_one(tmp_path, seeded_
         else:
             (tmp_path / "b" / "ckpt" / "latest").unlink()
             (tmp_path / "b" / "ckpt" / "latest").symlink_to(path.name)
-    resumed = train_lawm(cfg, "flam", cache, labelled, tmp_path / "b", cpu)
+    resumed = train_lawm(cfg, "flam", cache, labelled, tmp_path / "b", TOK_8X8, cpu)
     a, b = load_checkpoint(done)["model"], load_checkpoint(resumed)["model"]
     assert load_checkpoint(resumed)["step"] == 6
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -260,7 +145,6 @@ def test_lawm_stages_train_resume_and_play_the_env(tmp_path, seeded_one_thread):
     """World model on a cache with half its episodes labelled, transitions, latent IQL and real-action BC,
     then both policies play Procgen from its 64x64 view through a (random) tokenizer; a finished world
     model is reused, one trained with other labels is refused."""
-    from model.tokenizer import TokenizerConfig
     from tests.helpers import save_tokenizer
     from train.common import load_tokenizer
     from train.config import load_config
@@ -273,18 +157,18 @@ def test_lawm_stages_train_resume_and_play_the_env(tmp_path, seeded_one_thread):
     cfg = load_config(None, TINY_LAWM)
     cpu = torch.device("cpu")
     labelled = labelled_episodes(np.arange(n_eps), 0.5, seed=0)
-    ckpt = train_lawm(cfg, "flam", cache, labelled, tmp_path / "wm", cpu)
-    assert train_lawm(cfg, "flam", cache, labelled, tmp_path / "wm", cpu) == ckpt  # finished: reused
-    with pytest.raises(ValueError, match="other settings or data"):
-        train_lawm(cfg, "flam", cache, labelled[:1], tmp_path / "wm", cpu)
-    lawm, state = load_lawm(ckpt, cpu)
-    assert state["step"] == 6 and np.isfinite(state["metrics"]["align"])
-    data = transitions(lawm, cache, labelled, cpu)
-    assert data.labelled.sum() == 2 * (length - 1)
-    inverse = inverse_accuracy(lawm, transitions(lawm, cache, np.zeros(0, np.int64), cpu))
-    assert 0 <= inverse["accuracy"] <= 1 and inverse["transitions"] == n_eps * (length - 1)
     tok_cfg = TokenizerConfig(image_size=64, channels=(4, 4, 4), num_res_blocks=1)
     tok, _ = load_tokenizer(save_tokenizer(tmp_path / "tok", tok_cfg), cpu)
+    ckpt = train_lawm(cfg, "flam", cache, labelled, tmp_path / "wm", tok, cpu)
+    assert train_lawm(cfg, "flam", cache, labelled, tmp_path / "wm", tok, cpu) == ckpt  # finished: reused
+    with pytest.raises(ValueError, match="other settings or data"):
+        train_lawm(cfg, "flam", cache, labelled[:1], tmp_path / "wm", tok, cpu)
+    lawm, state = load_lawm(ckpt, cpu)
+    assert state["step"] == 6 and np.isfinite(state["metrics"]["align"])
+    data = transitions(lawm, cache, labelled, tok, cpu)
+    assert data.labelled.sum() == 2 * (length - 1)
+    inverse = inverse_accuracy(lawm, transitions(lawm, cache, np.zeros(0, np.int64), tok, cpu))
+    assert 0 <= inverse["accuracy"] <= 1 and inverse["transitions"] == n_eps * (length - 1)
     spec = EnvSpec("bigfish", (1_000_000, 10))
     for method, space, size in (
         ("iql_latent", "latent", data.latents.shape[-1]),
